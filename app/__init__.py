@@ -1,0 +1,79 @@
+"""The application factory: a table of contents of the service."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app.cache.device_cache import init_device_cache
+from app.cache.serializer import JSONSerializer
+from app.config import load_config
+from app.devices.lookup import load_device
+from app.errors import register_error_handlers
+from app.extensions import cache, mongo
+from app.logging import configure_logging
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    config = load_config(overrides)
+    configure_logging(config["LOG_LEVEL"])
+    app = Flask(__name__, static_folder=None)
+    app.config.update(config)
+    app.json.sort_keys = False
+    register_extensions(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_commands(app)
+    return app
+
+
+def cache_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Flask-Caching on the cache's Redis: JSON values, and a client that fails fast.
+
+    redis-py's defaults retry with backoff (seconds per call on a dead Redis);
+    the cache wants one short try and the circuit breaker instead.
+    """
+    timeout = config["CACHE_SOCKET_TIMEOUT"]
+    return {
+        "CACHE_TYPE": "RedisCache",
+        "CACHE_REDIS_URL": config["REDIS_URL"],
+        "CACHE_KEY_PREFIX": config["CACHE_KEY_PREFIX"],
+        "CACHE_DEFAULT_TIMEOUT": config["DEVICE_CACHE_TTL"],
+        "CACHE_SERIALIZER": JSONSerializer,
+        "CACHE_OPTIONS": {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_timeout": False,
+            "health_check_interval": 0,
+            "client_name": "opensensor-cache",
+        },
+    }
+
+
+def register_extensions(app: Flask) -> None:
+    mongo.init_app(app)
+    cache.init_app(app, config=cache_config(app.config))
+    init_device_cache(app, app.extensions["cache"][cache], load_device)
+
+
+def register_blueprints(app: Flask) -> None:
+    from app.cache.views import bp as cache_bp
+    from app.devices.views import bp as devices_bp
+    from app.health.views import bp as health_bp
+    from app.keys.views import bp as keys_bp
+    from app.readings.views import bp as readings_bp
+
+    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp):
+        app.register_blueprint(bp)
+
+
+def register_commands(app: Flask) -> None:
+    from app.cli import demo_data, init_db, users
+
+    for command in (users, init_db, demo_data):
+        app.cli.add_command(command)

@@ -1,0 +1,113 @@
+"""Credentials: user bearer tokens and device API keys.
+
+Secrets have the form ``<prefix>_<id>_<secret>``: the id finds the stored record,
+and the SHA-256 of the whole secret is compared in constant time. Only hashes are stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from flask import request
+
+from app.db import KEYS, USERS
+from app.errors import APIError
+from app.extensions import mongo
+
+TOKEN_PREFIX = "ost"
+KEY_PREFIX = "osk"
+_SECRET_RE = re.compile(r"^(ost|osk)_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def same_hash(stored: str | None, secret: str) -> bool:
+    return stored is not None and hmac.compare_digest(stored, hash_secret(secret))
+
+
+def new_secret(prefix: str) -> tuple[str, str]:
+    """Return (id, secret) for a new token or key."""
+    ident = secrets.token_hex(8)
+    return ident, f"{prefix}_{ident}_{secrets.token_urlsafe(32)}"
+
+
+def secret_id(secret: str, prefix: str) -> str | None:
+    match = _SECRET_RE.match(secret)
+    if not match or match.group(1) != prefix:
+        return None
+    return match.group(2)
+
+
+def mask(secret: str) -> str:
+    return f"{secret[:21]}…{secret[-4:]}"
+
+
+def invalid(message: str) -> APIError:
+    return APIError(401, "invalid_credentials", message)
+
+
+def auth_required(message: str = "authentication required") -> APIError:
+    return APIError(401, "auth_required", message)
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    name: str
+    admin: bool
+
+
+def current_user() -> User | None:
+    """The bearer's user; None without the header; 401 when the header is present but wrong."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise invalid("malformed Authorization header, expected 'Bearer <token>'")
+    user_id = secret_id(token, TOKEN_PREFIX)
+    doc = mongo.db[USERS].find_one({"user_id": user_id}) if user_id else None
+    if doc is None or not same_hash(doc.get("token_hash"), token):
+        raise invalid("invalid bearer token")
+    return User(doc["user_id"], doc["name"], bool(doc.get("admin")))
+
+
+def require_user() -> User:
+    user = current_user()
+    if user is None:
+        raise auth_required("a bearer token is required")
+    return user
+
+
+def require_admin() -> User:
+    user = require_user()
+    if not user.admin:
+        raise APIError(403, "forbidden", "admin token required")
+    return user
+
+
+def api_key_header() -> str | None:
+    """The X-API-Key header; 401 when present but malformed."""
+    key = request.headers.get("X-API-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if secret_id(key, KEY_PREFIX) is None:
+        raise invalid("invalid API key")
+    return key
+
+
+def stored_key(key: str) -> dict | None:
+    """The key record of a well-formed API key, if the key is genuine."""
+    key_id = secret_id(key, KEY_PREFIX)
+    doc = mongo.db[KEYS].find_one({"key_id": key_id}, {"_id": 0}) if key_id else None
+    if doc is None or not same_hash(doc.get("key_hash"), key):
+        return None
+    return doc

@@ -1,0 +1,106 @@
+"""Admin operations on the shared cache: statistics, clear and glob invalidation.
+
+The keyspace is walked with SCAN (COUNT 1000) and deleted with UNLINK in batches,
+always under ``CACHE_KEY_PREFIX``: never KEYS, never FLUSHDB, so the Celery broker and
+beat schedule in the same Redis survive.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from app.cache.device_cache import DeviceCache
+from app.errors import APIError
+
+log = logging.getLogger("app.cache")
+
+SCAN_COUNT = 1000
+UNLINK_BATCH = 500
+MAX_COUNT_SCANS = 200  # /cache/stats counts at most ~200k keys, then reports null
+
+
+def cache_unavailable() -> APIError:
+    return APIError(503, "cache_unavailable", "the cache's Redis is unreachable")
+
+
+def _unlink_matching(client: Redis, match: str, prefix: bytes) -> int:
+    deleted, batch = 0, []
+    for key in client.scan_iter(match=match, count=SCAN_COUNT):
+        if key.startswith(prefix):  # the glob can never reach outside the prefix
+            batch.append(key)
+        if len(batch) >= UNLINK_BATCH:
+            deleted += client.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += client.unlink(*batch)
+    return deleted
+
+
+def delete_matching(dc: DeviceCache, pattern: str) -> int:
+    """UNLINK every key under the prefix that matches the glob; returns how many."""
+    client = dc.admin_client()
+    prefix = dc.prefix.encode()
+    try:
+        deleted = _unlink_matching(client, dc.prefix + pattern, prefix)
+        # In-flight fills of those keys lose their token, so they cannot write back.
+        _unlink_matching(client, f"{dc.prefix}lock:{pattern}", prefix)
+    except RedisError as exc:
+        log.warning("cache admin operation failed: %s", exc)
+        raise cache_unavailable() from None
+    return deleted
+
+
+def count_keys(client: Redis, prefix: str) -> int | None:
+    cursor, count = 0, 0
+    for _ in range(MAX_COUNT_SCANS):
+        cursor, keys = client.scan(cursor=cursor, match=prefix + "*", count=SCAN_COUNT)
+        count += len(keys)
+        if cursor == 0:
+            return count
+    return None
+
+
+def stats(dc: DeviceCache) -> dict[str, Any]:
+    """Our counters (summed over every process) beside Redis's own; answers whatever Redis's state."""
+    client = dc.admin_client()
+    body: dict[str, Any] = {
+        "redis": {"reachable": False},
+        "keys": {"prefix": dc.prefix, "count": None},
+        "lookups": {"device": None},
+        "collector": {"last_run": None},
+        "breaker": {"open": dc.breaker.is_open},
+    }
+    try:
+        dc.flush()  # this process's buffer, so what the caller just did is counted
+        info = client.info()
+        body["redis"] = {
+            "reachable": True,
+            "version": info.get("redis_version"),
+            "used_memory_human": info.get("used_memory_human"),
+            "keyspace_hits": info.get("keyspace_hits"),
+            "keyspace_misses": info.get("keyspace_misses"),
+            "evicted_keys": info.get("evicted_keys"),
+            "maxmemory_policy": info.get("maxmemory_policy"),
+        }
+        body["keys"]["count"] = count_keys(client, dc.prefix)
+        body["lookups"]["device"] = {**dc.counters(), "scope": "all replicas"}
+        body["collector"] = collector_state(dc, client)
+    except RedisError as exc:
+        log.info("cache stats without Redis: %s", exc.__class__.__name__)
+        local = dc.pending_counts()
+        looked_up = local["hits"] + local["misses"]
+        body["lookups"]["device"] = {
+            **local,
+            "hit_ratio": local["hits"] / looked_up if looked_up else None,
+            "scope": "this process (Redis unreachable)",
+        }
+    return body
+
+
+def collector_state(dc: DeviceCache, client: Redis) -> dict[str, Any]:
+    raw = client.get(dc.meta + "collector:last_run")
+    return {"last_run": raw.decode() if raw else None}

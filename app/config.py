@@ -1,0 +1,125 @@
+"""Configuration: defaults in code, then the environment, then test overrides.
+
+Everything is read when ``create_app`` runs, never at import time, so a test or a
+gunicorn worker gets exactly the environment it was started with.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pymongo.uri_parser import parse_uri
+
+
+class ConfigError(ValueError):
+    """A malformed setting: start-up stops with this one line."""
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def _mongo_uri(name: str, raw: str) -> str:
+    try:
+        parsed = parse_uri(raw, validate=True, warn=False, connect_timeout=None)
+    except Exception as exc:  # pymongo raises several types for a bad URI
+        raise ConfigError(f"{name} is not a valid MongoDB URI: {exc}") from None
+    if not parsed.get("database"):
+        raise ConfigError(f"{name} must name a database, e.g. mongodb://host:27017/opensensor")
+    return raw
+
+
+def _redis_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ConfigError(f"{name} must be a redis:// URL, got {raw!r}")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"{name} has a malformed database number: {raw!r}")
+    return raw
+
+
+def _prefix(name: str, raw: str) -> str:
+    if not raw or any(c in raw for c in "*?[]\\ \n"):
+        raise ConfigError(f"{name} must be non-empty without spaces or glob characters, got {raw!r}")
+    return raw
+
+
+def _log_level(name: str, raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"{name} must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}")
+    return level
+
+
+def broker_url_from(redis_url: str) -> str:
+    """The spec's default broker: the cache's Redis server, database 1."""
+    parts = urlsplit(redis_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/1", parts.query, parts.fragment))
+
+
+# name -> (default, parser). A default of None is derived from other settings.
+SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
+    # The contract of the spec.
+    "MONGO_URI": ("mongodb://127.0.0.1:27017/opensensor", _mongo_uri),
+    "REDIS_URL": ("redis://127.0.0.1:6379/0", _redis_url),
+    "CELERY_BROKER_URL": (None, _redis_url),
+    "CACHE_KEY_PREFIX": ("opensensor:", _prefix),
+    "DEVICE_CACHE_TTL": ("300", _positive_int),
+    "WARM_INTERVAL": ("240", _positive_int),
+    "WARM_TOP_N": ("100", _positive_int),
+    "STATS_INTERVAL": ("60", _positive_int),
+    # Our own knobs.
+    "LOG_LEVEL": ("INFO", _log_level),
+    "NEGATIVE_CACHE_TTL": ("30", _positive_int),
+    "CACHE_SOCKET_TIMEOUT": ("0.1", _positive_float),
+    "CACHE_BREAKER_THRESHOLD": ("3", _positive_int),
+    "CACHE_BREAKER_COOLDOWN": ("5", _positive_float),
+    "CACHE_FLUSH_INTERVAL": ("1", _positive_float),
+    "CACHE_LOCK_TIMEOUT": ("2", _positive_float),
+    "MONGO_TIMEOUT_MS": ("1000", _positive_int),
+    "STATS_HISTORY_SIZE": ("1440", _positive_int),
+    "HOT_DECAY": ("0.5", _positive_float),
+    "HOT_MAX_DEVICES": ("10000", _positive_int),
+}
+
+
+def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Parse every setting; raise ``ConfigError`` naming the first bad one."""
+    overrides = dict(overrides or {})
+    config: dict[str, Any] = {}
+    for name, (default, parse) in SETTINGS.items():
+        if name in overrides:
+            value = overrides.pop(name)
+            config[name] = parse(name, value) if isinstance(value, str) else value
+            continue
+        raw = os.environ.get(name, default)
+        if raw is None:
+            continue
+        config[name] = parse(name, raw.strip())
+    config.setdefault("CELERY_BROKER_URL", broker_url_from(config["REDIS_URL"]))
+    if config["CELERY_BROKER_URL"] == config["REDIS_URL"]:
+        raise ConfigError("CELERY_BROKER_URL must not be the cache's Redis database (REDIS_URL)")
+    config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    config["JSON_SORT_KEYS"] = False
+    config.update(overrides)  # test-only keys such as TESTING
+    return config

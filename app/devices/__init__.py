@@ -1,0 +1,1 @@
+"""Devices: the one device lookup (cached), access rules and the device routes."""

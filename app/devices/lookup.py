@@ -1,0 +1,49 @@
+"""The device lookup: (device_id, device_name) -> owner, public flag and chain.
+
+Every request that needs to know about a device calls ``lookup_device`` exactly once.
+The result is a plain JSON-serialisable dict, so the shared cache stores it as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.db import KEYS
+from app.extensions import mongo
+
+SCHEMA_VERSION = 1
+
+
+def load_device(device_id: str, device_name: str) -> dict[str, Any]:
+    """Resolve a pair from MongoDB in one query (every key registered under the name).
+
+    ``key_hash`` lets a device key be checked against the cached lookup without
+    another query; it is a SHA-256 of a 256-bit secret and is never sent to clients.
+    """
+    docs = list(
+        mongo.db[KEYS].find(
+            {"device_name": device_name},
+            {"_id": 0, "device_id": 1, "owner_id": 1, "private": 1, "key_hash": 1},
+        )
+    )
+    pair = next((d for d in docs if d["device_id"] == device_id), None)
+    if pair is None:
+        return {"v": SCHEMA_VERSION, "found": False, "device_id": device_id, "device_name": device_name}
+    owner = pair["owner_id"]
+    return {
+        "v": SCHEMA_VERSION,
+        "found": True,
+        "device_id": device_id,
+        "device_name": device_name,
+        "owner_id": owner,
+        "public": not pair.get("private", False),
+        "chain": sorted(d["device_id"] for d in docs if d["owner_id"] == owner),
+        "key_hash": pair["key_hash"],
+    }
+
+
+def lookup_device(device_id: str, device_name: str) -> dict[str, Any]:
+    """The one device lookup of a request, answered from the shared Redis cache when warm."""
+    from app.cache.device_cache import device_cache
+
+    return device_cache().get(device_id, device_name)

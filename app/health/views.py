@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import logging
+
+import pymongo
+from flask import Blueprint, jsonify
+from pymongo.errors import PyMongoError
+
+from app.cache.device_cache import device_cache
+from app.extensions import mongo
+
+log = logging.getLogger(__name__)
+bp = Blueprint("health", __name__, url_prefix="/health")
+PROBE_SECONDS = 0.25
+
+
+@bp.get("/live")
+def live():
+    return jsonify({"status": "ok"})
+
+
+@bp.get("")
+def ready():
+    """Readiness: MongoDB is required, Redis is optional (the cache fails open)."""
+    try:
+        with pymongo.timeout(PROBE_SECONDS):
+            mongo.state.client().admin.command("ping")
+        mongo_ok = True
+    except PyMongoError as exc:
+        log.debug("mongo probe failed: %s", exc)
+        mongo_ok = False
+    redis_ok = device_cache().ping()
+    checks = {"mongo": "ok" if mongo_ok else "unavailable", "redis": "ok" if redis_ok else "unavailable"}
+    if not mongo_ok:
+        return jsonify({"status": "down", "checks": checks}), 503
+    return jsonify({"status": "ok" if redis_ok else "degraded", "checks": checks})

@@ -1,0 +1,81 @@
+"""Create, list and delete API keys; each change invalidates the cached lookups of its chain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from app.auth import KEY_PREFIX, User, hash_secret, mask, new_secret
+from app.cache.device_cache import device_cache
+from app.db import KEYS
+from app.errors import APIError, not_found, validation_error
+from app.extensions import mongo
+from app.timeutil import isoformat, utcnow_ms
+from app.validation import check_pair, reject_unknown
+
+PUBLIC_FIELDS = ("key_id", "masked", "device_id", "device_name", "description", "private", "created_at")
+
+
+def parse_new_key(body: dict[str, Any]) -> dict[str, Any]:
+    reject_unknown(body, {"device_id", "device_name", "description", "private"}, "")
+    check_pair(body.get("device_id"), body.get("device_name"))
+    description = body.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, str) or len(description) > 256:
+        raise validation_error("description must be a string of at most 256 characters", field="description")
+    private = body.get("private", False)
+    if not isinstance(private, bool):
+        raise validation_error("private must be true or false", field="private")
+    return {
+        "device_id": body["device_id"],
+        "device_name": body["device_name"],
+        "description": description,
+        "private": private,
+    }
+
+
+def _public(doc: dict[str, Any]) -> dict[str, Any]:
+    out = {field: doc[field] for field in PUBLIC_FIELDS}
+    out["created_at"] = isoformat(doc["created_at"])
+    return out
+
+
+def chain_pairs(owner_id: str, device_name: str) -> list[tuple[str, str]]:
+    ids = mongo.db[KEYS].distinct("device_id", {"owner_id": owner_id, "device_name": device_name})
+    return [(device_id, device_name) for device_id in ids]
+
+
+def create_key(user: User, fields: dict[str, Any]) -> dict[str, Any]:
+    key_id, secret = new_secret(KEY_PREFIX)
+    doc = {
+        "key_id": key_id,
+        "owner_id": user.user_id,
+        **fields,
+        "created_at": utcnow_ms(),
+        "key_hash": hash_secret(secret),
+        "masked": mask(secret),
+    }
+    try:
+        mongo.db[KEYS].insert_one(doc)
+    except DuplicateKeyError:
+        raise APIError(409, "conflict", "this device_id and device_name are already registered") from None
+    # The new id joins the chain: every pair of it (and the pair's negative entry) is stale now.
+    device_cache().invalidate(chain_pairs(user.user_id, fields["device_name"]))
+    return {**_public(doc), "api_key": secret}
+
+
+def list_keys(user: User) -> list[dict[str, Any]]:
+    docs = (
+        mongo.db[KEYS].find({"owner_id": user.user_id}, {"_id": 0}).sort([("created_at", 1), ("key_id", 1)])
+    )
+    return [_public(doc) for doc in docs]
+
+
+def delete_key(user: User, key_id: str) -> None:
+    doc = mongo.db[KEYS].find_one_and_delete({"key_id": key_id, "owner_id": user.user_id})
+    if doc is None:
+        raise not_found("unknown API key")
+    stale = [(doc["device_id"], doc["device_name"]), *chain_pairs(user.user_id, doc["device_name"])]
+    device_cache().invalidate(stale)

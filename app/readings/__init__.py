@@ -1,0 +1,1 @@
+"""Readings: devices push measurements; clients read them back as bucketed time series."""

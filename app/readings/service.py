@@ -1,0 +1,112 @@
+"""Store a push and answer a bucketed query; buckets are computed by MongoDB."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from app.db import READINGS
+from app.extensions import mongo
+from app.readings.schema import MEASUREMENTS, from_celsius
+from app.timeutil import isoformat, utcnow_ms
+
+
+def store_reading(device: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    timestamp = utcnow_ms()
+    meta = {
+        "device_id": device["device_id"],
+        "device_name": device["device_name"],
+        "owner_id": device["owner_id"],
+    }
+    mongo.db[READINGS].insert_one({"timestamp": timestamp, "meta": meta, **values})
+    return {
+        "device_id": device["device_id"],
+        "device_name": device["device_name"],
+        "timestamp": isoformat(timestamp),
+        "stored": [name for name in MEASUREMENTS if name in values],
+    }
+
+
+def vpd_kpa(temp_c: float, rh: float) -> float:
+    """Vapour-pressure deficit from the Tetens equation (saturation pressure in kPa)."""
+    saturation = 0.6108 * math.exp(17.27 * temp_c / (temp_c + 237.3))
+    return saturation * (1 - rh / 100)
+
+
+def _pipeline(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> list[dict[str, Any]]:
+    match: dict[str, Any] = {
+        "meta.owner_id": device["owner_id"],
+        "meta.device_name": device["device_name"],
+        "meta.device_id": {"$in": device["chain"]},
+        "timestamp": {"$gte": q["start"], "$lt": q["end"]},
+    }
+    if measurement == "vpd":
+        match["temp"] = {"$exists": True}
+        match["rh"] = {"$exists": True}
+        accumulators = {"temp": {"$avg": "$temp"}, "rh": {"$avg": "$rh"}}
+    else:
+        match[measurement] = {"$exists": True}
+        accumulators = {"value": {f"${q['agg']}": f"${measurement}"}}
+    millis = q["resolution"] * 60_000
+    epoch_ms = {"$toLong": "$timestamp"}
+    page_start = (q["page"] - 1) * q["size"]
+    return [
+        {"$match": match},
+        {"$sort": {"timestamp": 1, "_id": 1}},  # $first/$last follow time order
+        {
+            "$group": {
+                "_id": {"$subtract": [epoch_ms, {"$mod": [epoch_ms, millis]}]},
+                "count": {"$sum": 1},
+                **accumulators,
+            }
+        },
+        {
+            "$facet": {
+                "total": [{"$count": "n"}],
+                "items": [{"$sort": {"_id": 1}}, {"$skip": page_start}, {"$limit": q["size"]}],
+            }
+        },
+    ]
+
+
+def query_readings(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> dict[str, Any]:
+    result = next(mongo.db[READINGS].aggregate(_pipeline(device, measurement, q)), {"total": [], "items": []})
+    total = result["total"][0]["n"] if result["total"] else 0
+    items = []
+    for bucket in result["items"]:
+        if measurement == "vpd":
+            value: Any = vpd_kpa(bucket["temp"], bucket["rh"])
+        elif measurement == "temp":
+            value = from_celsius(bucket["value"], q["unit"])
+        else:
+            value = bucket["value"]
+        stamp = datetime.fromtimestamp(bucket["_id"] / 1000, UTC)
+        items.append({"timestamp": isoformat(stamp), "value": value, "count": bucket["count"]})
+    body: dict[str, Any] = {
+        "device": {
+            "device_id": device["device_id"],
+            "device_name": device["device_name"],
+            "chain": device["chain"],
+            "public": device["public"],
+        },
+        "measurement": measurement,
+    }
+    if measurement == "temp":
+        body["unit"] = q["unit"]
+    elif measurement == "vpd":
+        body["unit"] = "kPa"
+    body.update(
+        {
+            "agg": q["agg"],
+            "resolution": q["resolution"],
+            "start": isoformat(q["start"]),
+            "end": isoformat(q["end"]),
+            "items": items,
+            "page": q["page"],
+            "size": q["size"],
+            "total": total,
+            "pages": math.ceil(total / q["size"]),
+        }
+    )
+    return body

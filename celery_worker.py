@@ -1,0 +1,4 @@
+from app import create_app
+
+app = create_app()
+celery = app.extensions["celery"]

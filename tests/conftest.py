@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from pymongo import MongoClient
+
+from app import create_app
+from tests.servers import MongoServer, RedisServer, mongo_base_uri
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    base = mongo_base_uri()
+    if base:
+        yield base
+        return
+    server = MongoServer()
+    server.start()
+    yield server.uri
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_alive(redis_server: RedisServer) -> RedisServer:
+    """The session's redis-server, restarted if an earlier test stopped it."""
+    redis_server.ensure_running()
+    return redis_server
+
+
+@pytest.fixture
+def settings(redis_alive: RedisServer, mongo_uri: str) -> Iterator[dict]:
+    """Settings of one test: its own database and key prefix on the shared servers."""
+    tag = uuid.uuid4().hex[:10]
+    db = f"test_{tag}"
+    yield {
+        "TESTING": True,
+        "MONGO_URI": f"{mongo_uri}/{db}",
+        "REDIS_URL": redis_alive.url(0),
+        "CELERY_BROKER_URL": redis_alive.url(1),
+        "CACHE_KEY_PREFIX": f"t{tag}:",
+        "LOG_LEVEL": "WARNING",
+        "CACHE_FLUSH_INTERVAL": 0.2,
+        "CACHE_BREAKER_COOLDOWN": 0.5,
+    }
+    client = MongoClient(mongo_uri, serverSelectionTimeoutMS=2000)
+    try:
+        client.drop_database(db)
+    except Exception:  # noqa: BLE001 - a test may have stopped the server
+        pass
+    client.close()
+
+
+def build_app(settings: dict, **extra) -> Flask:
+    return create_app({**settings, **extra})
+
+
+@pytest.fixture
+def app(settings: dict) -> Iterator[Flask]:
+    app = build_app(settings)
+    yield app
+    stop_app(app)
+
+
+def stop_app(app: Flask) -> None:
+    app.extensions["device_cache"].stop()
+    app.extensions["mongo"].close()
+
+
+@pytest.fixture
+def client(app: Flask):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask):
+    return app.test_cli_runner()
+
+
+def create_user(app: Flask, name: str, admin: bool = False) -> dict:
+    args = ["users", "create", name] + (["--admin"] if admin else [])
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+def bearer(user: dict) -> dict:
+    return {"Authorization": f"Bearer {user['token']}"}
+
+
+@pytest.fixture
+def owner(app: Flask) -> dict:
+    return create_user(app, "owner")
+
+
+@pytest.fixture
+def other(app: Flask) -> dict:
+    return create_user(app, "other")
+
+
+@pytest.fixture
+def admin(app: Flask) -> dict:
+    return create_user(app, "admin", admin=True)
+
+
+def register(client, user: dict, device_id: str, device_name: str, private: bool = False, **extra):
+    response = client.post(
+        "/api/v1/api-keys",
+        json={"device_id": device_id, "device_name": device_name, "private": private, **extra},
+        headers=bearer(user),
+    )
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
