@@ -11,6 +11,7 @@ from redis.retry import Retry
 
 from app.cache.device_cache import init_device_cache
 from app.cache.serializer import JSONSerializer
+from app.celery_app import celery_init_app
 from app.config import load_config
 from app.devices.lookup import load_device
 from app.errors import register_error_handlers
@@ -59,6 +60,7 @@ def register_extensions(app: Flask) -> None:
     mongo.init_app(app)
     cache.init_app(app, config=cache_config(app.config))
     init_device_cache(app, app.extensions["cache"][cache], load_device)
+    celery_init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:

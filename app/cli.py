@@ -92,9 +92,7 @@ def demo_values(rng: random.Random, hours: float) -> dict:
     type=click.IntRange(1, 1440),
     help="Minutes between readings.",
 )
-@click.option(
-    "--owner", default="demo", show_default=True, help="User who owns the devices (created if missing)."
-)
+@click.option("--owner", default="demo", show_default=True, help="User who owns the devices (created if missing).")
 @click.option("--seed", default=1, show_default=True, type=int)
 @with_appcontext
 def demo_data(count: int, days: int, interval: int, owner: str, seed: int) -> None:
@@ -162,9 +160,7 @@ def demo_data(count: int, days: int, interval: int, owner: str, seed: int) -> No
                 "devices": len(devices),
                 "readings": total,
                 "api_key": sample["api_key"] if sample else None,
-                "device": {"device_id": sample["device_id"], "device_name": sample["device_name"]}
-                if sample
-                else None,
+                "device": {"device_id": sample["device_id"], "device_name": sample["device_name"]} if sample else None,
             }
         )
     )

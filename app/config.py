@@ -41,7 +41,7 @@ def _positive_float(name: str, raw: str) -> float:
 def _mongo_uri(name: str, raw: str) -> str:
     try:
         parsed = parse_uri(raw, validate=True, warn=False, connect_timeout=None)
-    except Exception as exc:  # pymongo raises several types for a bad URI
+    except Exception as exc:  # noqa: BLE001 - pymongo raises several types for a bad URI
         raise ConfigError(f"{name} is not a valid MongoDB URI: {exc}") from None
     if not parsed.get("database"):
         raise ConfigError(f"{name} must name a database, e.g. mongodb://host:27017/opensensor")
@@ -97,8 +97,9 @@ SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
     "CACHE_FLUSH_INTERVAL": ("1", _positive_float),
     "CACHE_LOCK_TIMEOUT": ("2", _positive_float),
     "MONGO_TIMEOUT_MS": ("1000", _positive_int),
-    "STATS_HISTORY_SIZE": ("1440", _positive_int),
-    "HOT_DECAY": ("0.5", _positive_float),
+    "STATS_HISTORY_SIZE": (None, _positive_int),  # default: a day of snapshots
+    "HOT_HALF_LIFE": ("3600", _positive_float),
+    "TASK_TIME_LIMIT": ("120", _positive_int),
     "HOT_MAX_DEVICES": ("10000", _positive_int),
 }
 
@@ -117,6 +118,7 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
             continue
         config[name] = parse(name, raw.strip())
     config.setdefault("CELERY_BROKER_URL", broker_url_from(config["REDIS_URL"]))
+    config.setdefault("STATS_HISTORY_SIZE", max(1, 86400 // config["STATS_INTERVAL"]))
     if config["CELERY_BROKER_URL"] == config["REDIS_URL"]:
         raise ConfigError("CELERY_BROKER_URL must not be the cache's Redis database (REDIS_URL)")
     config["MAX_CONTENT_LENGTH"] = 64 * 1024

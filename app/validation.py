@@ -45,9 +45,7 @@ def check_pair(device_id: Any, device_name: Any) -> None:
     if not isinstance(device_id, str) or not _ID_RE.match(device_id):
         raise validation_error("device_id must be 1-64 letters, digits or . _ : -", field="device_id")
     if not isinstance(device_name, str) or not _NAME_RE.match(device_name):
-        raise validation_error(
-            "device_name must be 1-64 letters, digits, spaces or . _ : -", field="device_name"
-        )
+        raise validation_error("device_name must be 1-64 letters, digits, spaces or . _ : -", field="device_name")
 
 
 def reject_unknown(obj: dict[str, Any], allowed: set[str], where: str) -> None:

@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers around the cache's service functions."""

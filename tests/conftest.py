@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -55,10 +56,8 @@ def settings(redis_alive: RedisServer, mongo_uri: str) -> Iterator[dict]:
         "CACHE_BREAKER_COOLDOWN": 0.5,
     }
     client = MongoClient(mongo_uri, serverSelectionTimeoutMS=2000)
-    try:
+    with contextlib.suppress(Exception):  # a test may have stopped the server
         client.drop_database(db)
-    except Exception:  # noqa: BLE001 - a test may have stopped the server
-        pass
     client.close()
 
 

@@ -43,8 +43,7 @@ class CircuitBreaker:
             if self._opened_at is None and self._failures >= self.threshold:
                 self._opened_at = time.monotonic()
                 log.warning(
-                    "cache disabled: Redis failed %d times in a row (%s); serving from MongoDB, "
-                    "probing every %.0fs",
+                    "cache disabled: Redis failed %d times in a row (%s); serving from MongoDB, probing every %.0fs",
                     self._failures,
                     exc.__class__.__name__,
                     self.cooldown,
@@ -54,9 +53,7 @@ class CircuitBreaker:
         """Open at once (Redis unreachable at start-up or on a failed probe)."""
         with self._lock:
             if self._opened_at is None:
-                log.warning(
-                    "cache disabled: Redis unreachable (%s); serving from MongoDB", exc.__class__.__name__
-                )
+                log.warning("cache disabled: Redis unreachable (%s); serving from MongoDB", exc.__class__.__name__)
             self._failures = max(self._failures, self.threshold)
             self._opened_at = time.monotonic()
 

@@ -18,6 +18,7 @@ while the circuit breaker is open, so no request ever waits on a dead Redis twic
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import secrets
@@ -157,9 +158,7 @@ class DeviceCache:
         delay = 0.005
         while True:
             try:
-                outcome = self._acquire(
-                    keys=[self.prefix + key, self._lock_key(key)], args=[token, self.lock_ms]
-                )
+                outcome = self._acquire(keys=[self.prefix + key, self._lock_key(key)], args=[token, self.lock_ms])
             except RedisError as exc:
                 self._failed(exc)
                 return self._load(device_id, device_name)
@@ -194,25 +193,38 @@ class DeviceCache:
     def _lock_key(self, key: str) -> str:
         return f"{self.prefix}lock:{key}"
 
-    def refresh(self, pairs: Iterable[Pair]) -> dict[str, int]:
-        """Load and store each pair through the fill lock (the warm task's path)."""
+    def refresh(self, pairs: list[Pair]) -> dict[str, int]:
+        """Load and store these pairs through the fill lock, in two pipelines (the warm task's path).
+
+        A pair whose lock is held is being filled by a request right now: skipped.
+        """
         result = {"warmed": 0, "skipped": 0, "errors": 0}
-        for device_id, device_name in pairs:
-            key = device_key(device_id, device_name)
-            token = secrets.token_hex(8)
-            try:
-                got = self.client.set(self._lock_key(key), token, nx=True, px=self.lock_ms)
-            except RedisError as exc:
-                self._failed(exc)
-                result["errors"] += 1
-                continue
-            if not got:
-                result["skipped"] += 1  # somebody is filling it right now
-                continue
-            if self._write(key, token, self._load(device_id, device_name)):
-                result["warmed"] += 1
-            else:
-                result["errors"] += 1
+        if not pairs:
+            return result
+        keys = [device_key(device_id, device_name) for device_id, device_name in pairs]
+        tokens = [secrets.token_hex(8) for _ in keys]
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key, token in zip(keys, tokens, strict=True):
+                pipe.set(self._lock_key(key), token, nx=True, px=self.lock_ms)
+            held = pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for key, token, pair, ours in zip(keys, tokens, pairs, held, strict=True):
+                if not ours:
+                    result["skipped"] += 1
+                    continue
+                value = self._load(*pair)
+                ttl = self.ttl if value["found"] else self.negative_ttl
+                self._store(
+                    keys=[self.prefix + key, self._lock_key(key)],
+                    args=[token, self.backend.serializer.dumps(value), ttl],
+                    client=pipe,
+                )
+            for stored in pipe.execute():
+                result["warmed" if stored else "skipped"] += 1  # 0: invalidated meanwhile
+        except RedisError as exc:
+            self._failed(exc)
+            result["errors"] += len(pairs) - result["skipped"] - result["warmed"]
         return result
 
     # -- invalidation -------------------------------------------------------------------
@@ -358,10 +370,8 @@ _flushers: weakref.WeakSet[DeviceCache] = weakref.WeakSet()
 @atexit.register
 def _flush_at_exit() -> None:
     for instance in list(_flushers):
-        try:
+        with contextlib.suppress(Exception):  # best effort at interpreter exit
             instance.stop()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
-            pass
 
 
 def init_device_cache(app: Flask, backend: RedisCache, loader: Loader) -> DeviceCache:

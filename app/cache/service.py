@@ -7,6 +7,7 @@ beat schedule in the same Redis survive.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ from redis.exceptions import RedisError
 
 from app.cache.device_cache import DeviceCache
 from app.errors import APIError
+from app.timeutil import isoformat, parse_iso, utcnow_ms
 
 log = logging.getLogger("app.cache")
 
@@ -64,7 +66,7 @@ def count_keys(client: Redis, prefix: str) -> int | None:
     return None
 
 
-def stats(dc: DeviceCache) -> dict[str, Any]:
+def stats(dc: DeviceCache, stats_interval: int) -> dict[str, Any]:
     """Our counters (summed over every process) beside Redis's own; answers whatever Redis's state."""
     client = dc.admin_client()
     body: dict[str, Any] = {
@@ -88,7 +90,7 @@ def stats(dc: DeviceCache) -> dict[str, Any]:
         }
         body["keys"]["count"] = count_keys(client, dc.prefix)
         body["lookups"]["device"] = {**dc.counters(), "scope": "all replicas"}
-        body["collector"] = collector_state(dc, client)
+        body["collector"] = collector_state(dc, client, stats_interval)
     except RedisError as exc:
         log.info("cache stats without Redis: %s", exc.__class__.__name__)
         local = dc.pending_counts()
@@ -101,6 +103,47 @@ def stats(dc: DeviceCache) -> dict[str, Any]:
     return body
 
 
-def collector_state(dc: DeviceCache, client: Redis) -> dict[str, Any]:
-    raw = client.get(dc.meta + "collector:last_run")
-    return {"last_run": raw.decode() if raw else None}
+def collector_state(dc: DeviceCache, client: Redis, stats_interval: int) -> dict[str, Any]:
+    """When the stats task last ran; ``stale`` when beat (or every worker) seems dead."""
+    last_run, warmed = client.mget(dc.meta + "collector:last_run", dc.meta + "warmer:last_run")
+    state: dict[str, Any] = {"last_run": last_run.decode() if last_run else None, "stale": True}
+    if last_run:
+        age = (utcnow_ms() - parse_iso(state["last_run"])).total_seconds()
+        state["stale"] = age > 3 * stats_interval
+    state["warmer_last_run"] = warmed.decode() if warmed else None
+    return state
+
+
+def collect_snapshot(dc: DeviceCache, history_size: int) -> dict[str, Any]:
+    """Append one snapshot of the counters, key count and Redis's memory to the capped history."""
+    client = dc.admin_client()
+    dc.flush()
+    info = client.info()
+    counters = dc.counters()
+    snapshot = {
+        "at": isoformat(utcnow_ms()),
+        "hits": counters["hits"],
+        "misses": counters["misses"],
+        "loads": counters["loads"],
+        "errors": counters["errors"],
+        "hit_ratio": counters["hit_ratio"],
+        "keys": count_keys(client, dc.prefix),
+        "used_memory": info.get("used_memory"),
+        "keyspace_hits": info.get("keyspace_hits"),
+        "keyspace_misses": info.get("keyspace_misses"),
+        "evicted_keys": info.get("evicted_keys"),
+    }
+    pipe = client.pipeline(transaction=True)
+    pipe.rpush(dc.meta + "stats:history", json.dumps(snapshot))
+    pipe.ltrim(dc.meta + "stats:history", -history_size, -1)
+    pipe.set(dc.meta + "collector:last_run", snapshot["at"])
+    pipe.execute()
+    return snapshot
+
+
+def history(dc: DeviceCache, limit: int) -> list[dict[str, Any]]:
+    try:
+        raw = dc.admin_client().lrange(dc.meta + "stats:history", -limit, -1)
+    except RedisError:
+        raise cache_unavailable() from None
+    return [json.loads(item) for item in raw]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify, request
+from kombu.exceptions import OperationalError
 
 from app.auth import require_admin
 from app.cache.device_cache import device_cache
-from app.cache.service import delete_matching, stats
+from app.cache.service import cache_unavailable, delete_matching, history, stats
 from app.errors import validation_error
-from app.validation import json_object, reject_unknown
+from app.validation import is_int, json_object, reject_unknown
 
 bp = Blueprint("cache", __name__, url_prefix="/cache")
 MAX_PATTERN = 512
@@ -21,7 +22,32 @@ def admins_only() -> None:
 
 @bp.get("/stats")
 def show_stats():
-    return jsonify(stats(device_cache()))
+    return jsonify(stats(device_cache(), current_app.config["STATS_INTERVAL"]))
+
+
+@bp.get("/stats/history")
+def show_history():
+    size = current_app.config["STATS_HISTORY_SIZE"]
+    raw = request.args.get("limit", "60")
+    if not raw.isdigit() or not 1 <= int(raw) <= size:
+        raise validation_error(f"limit must be a whole number from 1 to {size}", field="limit")
+    return jsonify({"snapshots": history(device_cache(), int(raw))})
+
+
+@bp.post("/warm")
+def warm():
+    from tasks.warm import warm_hot_devices
+
+    body = json_object(optional=True)
+    reject_unknown(body, {"limit"}, "")
+    limit = body.get("limit")
+    if limit is not None and (not is_int(limit) or not 1 <= limit <= 10_000):
+        raise validation_error("limit must be a whole number from 1 to 10000", field="limit")
+    try:
+        result = warm_hot_devices.apply_async(args=[limit], retry=False)
+    except OperationalError:
+        raise cache_unavailable() from None
+    return jsonify({"task_id": result.id}), 202
 
 
 @bp.post("/clear")

@@ -50,9 +50,7 @@ def list_devices(user: User | None) -> list[dict[str, Any]]:
     query: dict[str, Any] = {"private": False}
     if user is not None:
         query = {"$or": [query, {"owner_id": user.user_id}]}
-    docs = mongo.db[KEYS].find(
-        query, {"_id": 0, "device_id": 1, "device_name": 1, "private": 1, "owner_id": 1}
-    )
+    docs = mongo.db[KEYS].find(query, {"_id": 0, "device_id": 1, "device_name": 1, "private": 1, "owner_id": 1})
     devices = [
         {
             "device_id": d["device_id"],

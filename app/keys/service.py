@@ -67,9 +67,7 @@ def create_key(user: User, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_keys(user: User) -> list[dict[str, Any]]:
-    docs = (
-        mongo.db[KEYS].find({"owner_id": user.user_id}, {"_id": 0}).sort([("created_at", 1), ("key_id", 1)])
-    )
+    docs = mongo.db[KEYS].find({"owner_id": user.user_id}, {"_id": 0}).sort([("created_at", 1), ("key_id", 1)])
     return [_public(doc) for doc in docs]
 
 

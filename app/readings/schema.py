@@ -121,11 +121,7 @@ def parse_readings(readings: Any) -> dict[str, Any]:
         values["pressure_unit"] = unit
     if "moisture" in readings:
         moisture = readings["moisture"]
-        if (
-            not isinstance(moisture, list)
-            or not 1 <= len(moisture) <= MAX_LIST
-            or not all(map(is_number, moisture))
-        ):
+        if not isinstance(moisture, list) or not 1 <= len(moisture) <= MAX_LIST or not all(map(is_number, moisture)):
             raise _bad("readings.moisture", f"must be a list of 1-{MAX_LIST} numbers")
         values["moisture"] = moisture
     if "liquid" in readings:

@@ -1,0 +1,88 @@
+"""Hotness and refresh-ahead: keep the devices people look at warm.
+
+Every lookup adds to its pair's score in the ``hot:device`` sorted set (buffered with the
+counters, so no extra round trip). Scores decay with a half-life (``HOT_HALF_LIFE``), so
+yesterday's hot devices cool down, and the set is trimmed to ``HOT_MAX_DEVICES``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import current_app
+from redis.exceptions import RedisError
+
+from app.cache.device_cache import DeviceCache, device_key, pair_of
+from app.cache.locks import run_lock
+from app.timeutil import isoformat, utcnow_ms
+
+DECAY = """
+local now = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[2]) or ARGV[1])
+local factor = math.pow(0.5, (now - last) / tonumber(ARGV[2]))
+if factor < 1 then
+  redis.call('ZUNIONSTORE', KEYS[1], 1, KEYS[1], 'WEIGHTS', factor)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
+redis.call('SET', KEYS[2], ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+"""
+FORGET_BELOW = 0.01  # a score this low is a device nobody looks at any more
+
+
+def decay_hotness(dc: DeviceCache, now: float | None = None) -> int:
+    """Apply the decay since the last call atomically; returns how many pairs stay tracked."""
+    config = current_app.config
+    return int(
+        dc.client.eval(
+            DECAY,
+            2,
+            dc.meta + "hot:device",
+            dc.meta + "hot:decayed_at",
+            now if now is not None else time.time(),
+            config["HOT_HALF_LIFE"],
+            config["HOT_MAX_DEVICES"],
+            FORGET_BELOW,
+        )
+    )
+
+
+def hottest(dc: DeviceCache, limit: int) -> list[tuple[str, str]]:
+    keys = dc.client.zrevrange(dc.meta + "hot:device", 0, limit - 1)
+    return [pair_of(key.decode()) for key in keys]
+
+
+def refresh_below(config: dict[str, Any]) -> float:
+    """Refresh an entry that would expire before the next run (with 10% slack for jitter)."""
+    return min(float(config["DEVICE_CACHE_TTL"]), config["WARM_INTERVAL"] * 1.1)
+
+
+def warm_hot_devices(limit: int | None = None) -> dict[str, Any]:
+    """Refresh the hottest devices whose entries are missing or near their end of life."""
+    dc: DeviceCache = current_app.extensions["device_cache"]
+    config = current_app.config
+    limit = limit or config["WARM_TOP_N"]
+    result: dict[str, Any] = {"warmed": 0, "skipped": 0, "errors": 0}
+    try:
+        with run_lock(dc.client, dc.meta + "lock:warm", config["TASK_TIME_LIMIT"] * 1000) as held:
+            if not held:
+                return {**result, "overlap": True}
+            decay_hotness(dc)
+            pairs = hottest(dc, limit)
+            pipe = dc.client.pipeline(transaction=False)
+            for device_id, device_name in pairs:
+                pipe.pttl(dc.prefix + device_key(device_id, device_name))
+            remaining = pipe.execute() if pairs else []
+            threshold_ms = refresh_below(config) * 1000
+            due = [pair for pair, ttl in zip(pairs, remaining, strict=True) if ttl < threshold_ms]
+            result["skipped"] = len(pairs) - len(due)
+            refreshed = dc.refresh(due)
+            for name in result:
+                result[name] += refreshed[name]
+            dc.client.set(dc.meta + "warmer:last_run", isoformat(utcnow_ms()))
+    except RedisError as exc:
+        result["errors"] += 1
+        result["error"] = exc.__class__.__name__
+    return result

@@ -1,0 +1,65 @@
+"""Small request helpers shared by the service's tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask
+
+READINGS_URL = "/api/v1/readings"
+
+
+def key_header(key: dict | str) -> dict[str, str]:
+    return {"X-API-Key": key if isinstance(key, str) else key["api_key"]}
+
+
+def push(client, key: dict | str | None, device_id: str, device_name: str, readings: dict[str, Any], **extra):
+    """POST one reading with a device key (``None``: no X-API-Key header)."""
+    headers = key_header(key) if key is not None else {}
+    body = {"device_id": device_id, "device_name": device_name, "readings": readings, **extra}
+    return client.post(READINGS_URL, json=body, headers=headers)
+
+
+def readings_url(device_id: str, device_name: str, measurement: str) -> str:
+    return f"/api/v1/devices/{device_id}/{device_name}/readings/{measurement}"
+
+
+def read(client, device_id: str, device_name: str, measurement: str, headers: dict | None = None, **params):
+    return client.get(readings_url(device_id, device_name, measurement), query_string=params, headers=headers or {})
+
+
+def assert_error(response, status: int, code: str) -> dict[str, Any]:
+    """The spec's error shape exactly: ``{"error": {"code", "message", "details"?}}``."""
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) <= {"code", "message", "details"}, error
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str) and error["message"], error
+    if "details" in error:
+        assert isinstance(error["details"], dict)
+    assert "Traceback" not in response.get_data(as_text=True)
+    return error
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def insert_readings(
+    app: Flask, device_id: str, device_name: str, owner_id: str, rows: Iterable[tuple[datetime, dict[str, Any]]]
+) -> None:
+    """Store readings with chosen timestamps straight into MongoDB, in the shape a push stores."""
+    meta = {"device_id": device_id, "device_name": device_name, "owner_id": owner_id}
+    docs = [{"timestamp": at, "meta": meta, **values} for at, values in rows]
+    with app.app_context():
+        app.extensions["mongo"].db["readings"].insert_many(docs)
+
+
+def stored_readings(app: Flask) -> list[dict[str, Any]]:
+    with app.app_context():
+        return list(app.extensions["mongo"].db["readings"].find({}, {"_id": 0}))
