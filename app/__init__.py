@@ -13,7 +13,7 @@ from app.cache.device_cache import init_device_cache
 from app.cache.serializer import JSONSerializer
 from app.celery_app import celery_init_app
 from app.config import load_config
-from app.devices.lookup import load_device
+from app.devices.lookup import load_device, load_devices
 from app.errors import register_error_handlers
 from app.extensions import cache, mongo
 from app.logging import configure_logging
@@ -59,7 +59,7 @@ def cache_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def register_extensions(app: Flask) -> None:
     mongo.init_app(app)
     cache.init_app(app, config=cache_config(app.config))
-    init_device_cache(app, app.extensions["cache"][cache], load_device)
+    init_device_cache(app, app.extensions["cache"][cache], load_device, load_devices)
     celery_init_app(app)
 
 

@@ -9,13 +9,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pymongo.uri_parser import parse_uri
 
 
-class ConfigError(ValueError):
-    """A malformed setting: start-up stops with this one line."""
+class ConfigError(SystemExit):
+    """A malformed setting: start-up stops with this one line (no traceback, exit status 1).
+
+    A ``SystemExit`` so that every entry point (flask CLI, gunicorn, celery) prints just the
+    message; tests still catch it as ``ConfigError``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.code)
 
 
 def _positive_int(name: str, raw: str) -> int:
@@ -52,7 +59,12 @@ def _redis_url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
         raise ConfigError(f"{name} must be a redis:// URL, got {raw!r}")
-    db = parts.path.strip("/")
+    try:
+        _ = parts.port  # parsed lazily; redis-py would fail on it later, with a traceback
+    except ValueError:
+        raise ConfigError(f"{name} has a malformed port: {raw!r}") from None
+    # A unix socket's path is the socket; its database is the ``db`` query parameter.
+    db = parse_qs(parts.query).get("db", [""])[0] if parts.scheme == "unix" else parts.path.strip("/")
     if db and not db.isdigit():
         raise ConfigError(f"{name} has a malformed database number: {raw!r}")
     return raw
@@ -74,6 +86,9 @@ def _log_level(name: str, raw: str) -> str:
 def broker_url_from(redis_url: str) -> str:
     """The spec's default broker: the cache's Redis server, database 1."""
     parts = urlsplit(redis_url)
+    if parts.scheme == "unix":
+        query = urlencode({**dict(parse_qsl(parts.query)), "db": "1"})
+        return f"unix://{parts.netloc}{parts.path}?{query}"  # urlunsplit would drop the empty netloc's //
     return urlunsplit((parts.scheme, parts.netloc, "/1", parts.query, parts.fragment))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -23,7 +22,10 @@ def json_object(optional: bool = False) -> dict[str, Any]:
         return {}
     if not request.is_json:
         raise APIError(415, "unsupported_media_type", "the body must be application/json")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the parser goes; silent only covers ValueError
+        body = None
     if body is None:
         raise validation_error("the body is not valid JSON")
     if not isinstance(body, dict):
@@ -54,9 +56,20 @@ def reject_unknown(obj: dict[str, Any], allowed: set[str], where: str) -> None:
         raise validation_error(f"unknown field {where}{unknown[0]}", field=f"{where}{unknown[0]}")
 
 
+# BSON integers are 64-bit: a bigger JSON integer would fail at insert time (a 500), not here.
+_INT64 = range(-(2**63), 2**63)
+
+
+# Far beyond any sensor, and small enough that sums, averages and unit conversions of
+# stored values stay finite: JSON has no Infinity.
+MAX_MAGNITUDE = 1e15
+
+
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE  # NaN fails both comparisons
 
 
 def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and value in _INT64

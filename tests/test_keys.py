@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from tests.conftest import bearer, register
@@ -166,3 +168,15 @@ def test_create_key_body_must_be_json(client, owner):
     assert_error(response, 400, "validation_error")
     response = client.post(KEYS_URL, json=["d", "n"], headers=bearer(owner))
     assert_error(response, 400, "validation_error")
+
+
+def test_concurrent_registrations_of_one_pair_give_exactly_one_key(app, client, owner, other):
+    def attempt(user: dict) -> int:
+        body = {"device_id": "race", "device_name": "room"}
+        return app.test_client().post(KEYS_URL, json=body, headers=bearer(user)).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(attempt, [owner, other] * 4))
+    assert sorted(statuses) == [201] + [409] * 7
+    with app.app_context():
+        assert app.extensions["mongo"].db["api_keys"].count_documents({"device_id": "race"}) == 1

@@ -47,9 +47,11 @@ def delete_matching(dc: DeviceCache, pattern: str) -> int:
     client = dc.admin_client()
     prefix = dc.prefix.encode()
     try:
-        deleted = _unlink_matching(client, dc.prefix + pattern, prefix)
-        # In-flight fills of those keys lose their token, so they cannot write back.
-        _unlink_matching(client, f"{dc.prefix}lock:{pattern}", prefix)
+        # Locks first: in-flight fills of those keys lose their token, so they cannot write back
+        # behind the value pass (the other order lets a fill finishing in between survive).
+        # The count is of keys removed, fill locks included (so clear's is every key under the prefix).
+        deleted = _unlink_matching(client, f"{dc.prefix}lock:{pattern}", prefix)
+        deleted += _unlink_matching(client, dc.prefix + pattern, prefix)
     except RedisError as exc:
         log.warning("cache admin operation failed: %s", exc)
         raise cache_unavailable() from None

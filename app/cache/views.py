@@ -28,23 +28,22 @@ def show_stats():
 @bp.get("/stats/history")
 def show_history():
     size = current_app.config["STATS_HISTORY_SIZE"]
-    raw = request.args.get("limit", "60")
-    if not raw.isdigit() or not 1 <= int(raw) <= size:
+    raw = request.args.get("limit", str(min(60, size)))
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= size:
         raise validation_error(f"limit must be a whole number from 1 to {size}", field="limit")
     return jsonify({"snapshots": history(device_cache(), int(raw))})
 
 
 @bp.post("/warm")
 def warm():
-    from tasks.warm import warm_hot_devices
-
     body = json_object(optional=True)
     reject_unknown(body, {"limit"}, "")
     limit = body.get("limit")
     if limit is not None and (not is_int(limit) or not 1 <= limit <= 10_000):
         raise validation_error("limit must be a whole number from 1 to 10000", field="limit")
     try:
-        result = warm_hot_devices.apply_async(args=[limit], retry=False)
+        # This app's Celery (not the process default): the task name is the contract with the worker.
+        result = current_app.extensions["celery"].send_task("tasks.warm.warm_hot_devices", args=[limit], retry=False)
     except OperationalError:
         raise cache_unavailable() from None
     return jsonify({"task_id": result.id}), 202

@@ -85,4 +85,6 @@ def warm_hot_devices(limit: int | None = None) -> dict[str, Any]:
     except RedisError as exc:
         result["errors"] += 1
         result["error"] = exc.__class__.__name__
+    # The loads counted by refresh(): a worker serves no lookups, so no flusher thread sends them.
+    dc.flush()
     return result

@@ -14,18 +14,24 @@ from app.extensions import mongo
 SCHEMA_VERSION = 1
 
 
-def load_device(device_id: str, device_name: str) -> dict[str, Any]:
-    """Resolve a pair from MongoDB in one query (every key registered under the name).
+def load_devices(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Resolve pairs from MongoDB in one query: every key registered under their names.
 
-    ``key_hash`` lets a device key be checked against the cached lookup without
-    another query; it is a SHA-256 of a 256-bit secret and is never sent to clients.
+    One query serves a single lookup and a whole warm-up batch alike. ``key_hash`` lets a
+    device key be checked against the cached lookup without another query; it is a SHA-256
+    of a 256-bit secret and is never sent to clients.
     """
-    docs = list(
-        mongo.db[KEYS].find(
-            {"device_name": device_name},
-            {"_id": 0, "device_id": 1, "owner_id": 1, "private": 1, "key_hash": 1},
-        )
-    )
+    names = sorted({name for _, name in pairs})
+    by_name: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    query = {"device_name": names[0] if len(names) == 1 else {"$in": names}}
+    for doc in mongo.db[KEYS].find(
+        query, {"_id": 0, "device_id": 1, "device_name": 1, "owner_id": 1, "private": 1, "key_hash": 1}
+    ):
+        by_name[doc["device_name"]].append(doc)
+    return [_resolve(device_id, device_name, by_name[device_name]) for device_id, device_name in pairs]
+
+
+def _resolve(device_id: str, device_name: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
     pair = next((d for d in docs if d["device_id"] == device_id), None)
     if pair is None:
         return {"v": SCHEMA_VERSION, "found": False, "device_id": device_id, "device_name": device_name}
@@ -40,6 +46,11 @@ def load_device(device_id: str, device_name: str) -> dict[str, Any]:
         "chain": sorted(d["device_id"] for d in docs if d["owner_id"] == owner),
         "key_hash": pair["key_hash"],
     }
+
+
+def load_device(device_id: str, device_name: str) -> dict[str, Any]:
+    """The uncached lookup of one pair."""
+    return load_devices([(device_id, device_name)])[0]
 
 
 def lookup_device(device_id: str, device_name: str) -> dict[str, Any]:

@@ -6,13 +6,29 @@ from typing import Any
 
 from app.auth import User, auth_required, invalid, same_hash, stored_key
 from app.db import KEYS
+from app.devices.lookup import lookup_device
 from app.errors import APIError, not_found
 from app.extensions import mongo
+from app.validation import valid_pair
 
 
-def require_found(device: dict[str, Any]) -> dict[str, Any]:
+def require_found(device: dict[str, Any], api_key: str | None = None) -> dict[str, Any]:
+    """404 for an unknown pair, unless the API key sent is not genuine: a wrong header is always 401."""
     if not device["found"]:
+        if api_key is not None and stored_key(api_key) is None:
+            raise invalid("invalid API key")
         raise not_found("unknown device")
+    return device
+
+
+def readable_device(device_id: str, device_name: str, user: User | None, api_key: str | None) -> dict[str, Any]:
+    """The pair's lookup, once the caller may read it (404 unknown, then 401/403).
+
+    A malformed pair cannot have been registered, so it is unknown without a lookup.
+    """
+    device = lookup_device(device_id, device_name) if valid_pair(device_id, device_name) else {"found": False}
+    require_found(device, api_key)
+    check_read_access(device, user, api_key)
     return device
 
 

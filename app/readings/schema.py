@@ -154,7 +154,7 @@ def _time_arg(args: MultiDict, name: str) -> datetime | None:
         return None
     try:
         return parse_iso(raw)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an offset pushes it outside years 1-9999
         raise _bad(name, "must be an ISO-8601 timestamp") from None
 
 
@@ -162,10 +162,13 @@ def parse_query(measurement: str, args: MultiDict, now: datetime | None = None) 
     now = now or datetime.now(UTC)
     end = _time_arg(args, "end")
     start = _time_arg(args, "start")
-    if end is None:
-        end = now if start is None or start < now else start + timedelta(hours=24)
-    if start is None:
-        start = end - timedelta(hours=24)
+    try:
+        if end is None:
+            end = now if start is None or start < now else start + timedelta(hours=24)
+        if start is None:
+            start = end - timedelta(hours=24)
+    except OverflowError:  # a default 24 h beyond year 1 or 9999 is no range at all
+        raise _bad("start" if end is None else "end", "the default 24 h range falls outside years 1-9999") from None
     if start >= end:
         raise _bad("start", "must be before end")
     if end - start > MAX_SPAN:

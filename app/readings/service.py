@@ -11,6 +11,8 @@ from app.extensions import mongo
 from app.readings.schema import MEASUREMENTS, from_celsius
 from app.timeutil import isoformat, utcnow_ms
 
+MAX_SKIP = 2**62  # no range holds this many buckets; any larger $skip is just as empty
+
 
 def store_reading(device: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     timestamp = utcnow_ms()
@@ -29,7 +31,13 @@ def store_reading(device: dict[str, Any], values: dict[str, Any]) -> dict[str, A
 
 
 def vpd_kpa(temp_c: float, rh: float) -> float:
-    """Vapour-pressure deficit from the Tetens equation (saturation pressure in kPa)."""
+    """Vapour-pressure deficit from the Tetens equation (saturation pressure in kPa).
+
+    At or below -237.3 °C the equation's denominator flips sign (math.exp would overflow);
+    saturation pressure there is effectively zero, as the equation tends to from above.
+    """
+    if temp_c <= -237.3:
+        return 0.0
     saturation = 0.6108 * math.exp(17.27 * temp_c / (temp_c + 237.3))
     return saturation * (1 - rh / 100)
 
@@ -41,16 +49,20 @@ def _pipeline(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> li
         "meta.device_id": {"$in": device["chain"]},
         "timestamp": {"$gte": q["start"], "$lt": q["end"]},
     }
+    complete: list[dict[str, Any]] = []
     if measurement == "vpd":
-        match["temp"] = {"$exists": True}
-        match["rh"] = {"$exists": True}
+        # The bucket's average temp and average rh, each over every reading that has it:
+        # a device may push them separately. A bucket lacking either has no VPD.
+        match["$or"] = [{"temp": {"$exists": True}}, {"rh": {"$exists": True}}]
         accumulators = {"temp": {"$avg": "$temp"}, "rh": {"$avg": "$rh"}}
+        complete = [{"$match": {"temp": {"$ne": None}, "rh": {"$ne": None}}}]
     else:
         match[measurement] = {"$exists": True}
         accumulators = {"value": {f"${q['agg']}": f"${measurement}"}}
     millis = q["resolution"] * 60_000
     epoch_ms = {"$toLong": "$timestamp"}
-    page_start = (q["page"] - 1) * q["size"]
+    # Beyond any possible bucket count a page is empty anyway; capped so $skip fits in a BSON int64.
+    page_start = min((q["page"] - 1) * q["size"], MAX_SKIP)
     return [
         {"$match": match},
         {"$sort": {"timestamp": 1, "_id": 1}},  # $first/$last follow time order
@@ -61,6 +73,7 @@ def _pipeline(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> li
                 **accumulators,
             }
         },
+        *complete,
         {
             "$facet": {
                 "total": [{"$count": "n"}],

@@ -4,7 +4,7 @@ from flask import Blueprint, jsonify, request
 
 from app.auth import api_key_header, auth_required, current_user, invalid, same_hash, stored_key
 from app.devices.lookup import lookup_device
-from app.devices.service import check_read_access, require_found
+from app.devices.service import readable_device
 from app.errors import APIError, not_found
 from app.readings.schema import QUERYABLE, parse_query, parse_readings
 from app.readings.service import query_readings, store_reading
@@ -18,6 +18,7 @@ def push():
     key = api_key_header()
     if key is None:
         raise auth_required("an X-API-Key header is required")
+    current_user()  # a bearer sent along must be genuine too: a wrong header is always 401
     body = json_object()
     device_id, device_name = body.get("device_id"), body.get("device_name")
     device = lookup_device(device_id, device_name) if valid_pair(device_id, device_name) else None
@@ -39,9 +40,6 @@ def query(device_id: str, device_name: str, measurement: str):
     if measurement not in QUERYABLE:
         raise not_found(f"unknown measurement {measurement!r}")
     user, key = current_user(), api_key_header()
-    if not valid_pair(device_id, device_name):
-        raise not_found("unknown device")
-    params = parse_query(measurement, request.args)
-    device = require_found(lookup_device(device_id, device_name))
-    check_read_access(device, user, key)
+    device = readable_device(device_id, device_name, user, key)
+    params = parse_query(measurement, request.args)  # after access: no hints about private devices
     return jsonify(query_readings(device, measurement, params))

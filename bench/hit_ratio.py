@@ -1,0 +1,352 @@
+"""Hit ratio with and without the warmers (issue 4): Zipf lookups over 10,000 devices.
+
+    python bench/hit_ratio.py            # about 7 minutes; --help for the knobs
+
+Real parts throughout: its own redis-server and SecantusDB (MongoDB wire server) as
+processes, the service's own ``lookup_device`` (the function every route calls) driven at
+a fixed rate from this process, and, for the "warmers" run, a real Celery worker and beat
+as processes on the same Redis. Time is accelerated honestly: every interval is the
+production default divided by ``--speedup`` (TTL 300 s -> 30 s, warm-up every 240 s ->
+24 s, hotness half-life 3600 s -> 360 s), and the request rate is per accelerated second.
+Figures are the service's own counters (``/cache/stats`` reads the same hash), taken
+after ``--skip`` TTLs of warm-up (steady state) and over the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+SECTION = "## Hit ratio with warmers (issue 4)"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def zipf_sampler(n: int, s: float, seed: int):
+    weights = [1 / (k**s) for k in range(1, n + 1)]
+    cumulative = list(itertools.accumulate(weights))
+    total = cumulative[-1]
+    rng = random.Random(seed)
+
+    def sample() -> int:
+        return bisect.bisect_left(cumulative, rng.random() * total)
+
+    return sample
+
+
+def seed_devices(app, count: int) -> list[tuple[str, str]]:
+    """Register ``count`` devices directly in the keys collection (one insert_many)."""
+    from app.auth import hash_secret
+    from app.db import KEYS
+    from app.extensions import mongo
+
+    pairs = [(f"dev-{i:05d}", f"sensor {i:05d}") for i in range(count)]
+    with app.app_context():
+        docs = [
+            {
+                "key_id": f"{i:016x}",
+                "owner_id": "bench-owner",
+                "device_id": device_id,
+                "device_name": device_name,
+                "description": "",
+                "private": False,
+                "created_at": datetime.now(UTC),
+                "key_hash": hash_secret(f"k{i}"),
+                "masked": "osk_…",
+            }
+            for i, (device_id, device_name) in enumerate(pairs)
+        ]
+        for start in range(0, len(docs), 1000):  # small batches: each well inside the socket timeout
+            mongo.db[KEYS].insert_many(docs[start : start + 1000])
+    return pairs
+
+
+def counters(app) -> dict[str, int]:
+    dc = app.extensions["device_cache"]
+    dc.flush()
+    values = dc.counters()
+    return {name: values[name] for name in ("hits", "misses", "loads", "errors")}
+
+
+def reset(app, broker_url: str) -> None:
+    import redis
+
+    dc = app.extensions["device_cache"]
+    dc.flush()
+    client = dc.admin_client()
+    for pattern in (dc.prefix + "*", dc.meta + "*"):
+        for key in client.scan_iter(match=pattern, count=1000):
+            client.unlink(key)
+    broker = redis.Redis.from_url(broker_url)
+    broker.flushdb()  # the bench's own broker database on the bench's own redis-server
+    broker.close()
+
+
+def warmed_devices(broker_url: str) -> tuple[int, int]:
+    """Sum the warm task results kept in the result backend: (runs, devices warmed)."""
+    import redis
+
+    broker = redis.Redis.from_url(broker_url)
+    runs = warmed = 0
+    for key in broker.scan_iter(match="celery-task-meta-*", count=1000):
+        meta = json.loads(broker.get(key))
+        result = meta.get("result")
+        if isinstance(result, dict) and "warmed" in result:
+            runs += 1
+            warmed += result["warmed"]
+    broker.close()
+    return runs, warmed
+
+
+def drive(app, pairs, sample, rate: float, seconds: float, threads: int, marks: list[float]):
+    """Issue lookups at ``rate`` per second; snapshot the counters at each mark (seconds)."""
+    from app.devices.lookup import lookup_device
+
+    start = time.monotonic()
+    done = [0] * threads
+    stop_at = start + seconds
+
+    def worker(n: int) -> None:
+        interval = threads / rate
+        next_at = start + n / rate
+        with app.app_context():
+            while True:
+                now = time.monotonic()
+                if now >= stop_at:
+                    return
+                if next_at > now:
+                    time.sleep(next_at - now)
+                device_id, device_name = pairs[sample()]
+                lookup_device(device_id, device_name)
+                done[n] += 1
+                next_at += interval
+
+    pool = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    snapshots = []
+    for mark in marks:
+        time.sleep(max(0.0, start + mark - time.monotonic()))
+        snapshots.append((sum(done), counters(app)))
+    for thread in pool:
+        thread.join()
+    time.sleep(app.config["CACHE_FLUSH_INTERVAL"] * 2)
+    snapshots.append((sum(done), counters(app)))
+    return snapshots
+
+
+def run_variant(name, app, env, pairs, args, warmers: bool, workdir: Path) -> dict:
+    reset(app, env["CELERY_BROKER_URL"])
+    procs: list[subprocess.Popen] = []
+    log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 - closed in finally
+    try:
+        if warmers:
+            for role in (
+                ["worker", "--loglevel", "WARNING", "--concurrency", "1", "--pool", "solo"],
+                ["beat", "--loglevel", "WARNING", "--schedule", str(workdir / f"beat-{name}")],
+            ):
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "celery", "-A", "celery_worker", *role],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        ttl = app.config["DEVICE_CACHE_TTL"]
+        seconds = ttl * args.ttls
+        sample = zipf_sampler(len(pairs), args.s, args.seed)
+        snaps = drive(app, pairs, sample, args.rate, seconds, args.threads, [ttl * args.skip])
+    finally:
+        for proc in procs:
+            stop(proc)
+        log.close()
+    (n0, c0), (n1, c1) = snaps[0], snaps[-1]
+    runs, warmed = warmed_devices(env["CELERY_BROKER_URL"]) if warmers else (0, 0)
+
+    def ratio(a: dict, b: dict) -> float:
+        hits, misses = b["hits"] - a["hits"], b["misses"] - a["misses"]
+        return hits / (hits + misses) if hits + misses else 0.0
+
+    zero = dict.fromkeys(c0, 0)
+    steady_requests = n1 - n0
+    return {
+        "name": name,
+        "requests": n1,
+        "achieved_rate": n1 / seconds,
+        "hit_ratio_steady": ratio(c0, c1),
+        "hit_ratio_all": ratio(zero, c1),
+        "loads_per_1000_steady": (c1["loads"] - c0["loads"]) * 1000 / steady_requests,
+        "misses_per_1000_steady": (c1["misses"] - c0["misses"]) * 1000 / steady_requests,
+        "errors": c1["errors"],
+        "warm_runs": runs,
+        "devices_warmed_per_1000": warmed * 1000 / n1 if n1 else 0.0,
+    }
+
+
+def write_doc(table: str) -> None:
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    body = f"{SECTION}\n\n{table}\n"
+    if SECTION in text:
+        head, _, rest = text.partition(SECTION)
+        nxt = rest.find("\n## ")
+        text = head + body + (rest[nxt + 1 :] if nxt >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    DOC.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--s", type=float, default=1.1, help="Zipf exponent")
+    parser.add_argument("--rate", type=float, default=1000, help="lookups per (accelerated) second")
+    parser.add_argument("--speedup", type=float, default=10, help="divide the production intervals by this")
+    parser.add_argument("--ttls", type=int, default=7, help="run length, in TTLs")
+    parser.add_argument("--skip", type=int, default=3, help="TTLs of warm-up left out of the steady state")
+    parser.add_argument("--top-n", type=int, default=10_000, help="WARM_TOP_N for the warmers run")
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="hit-ratio-"))
+    redis_port, mongo_port = free_port(), free_port()
+    procs: list[subprocess.Popen] = []
+    app = None
+    try:
+        procs.append(
+            subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(workdir),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "secantusd-py"),
+                    "--port",
+                    str(mongo_port),
+                    "--storage-path",
+                    str(workdir / "mongo"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_port(redis_port)
+        wait_port(mongo_port)
+        speed = args.speedup
+        env = {
+            **os.environ,
+            "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}/hitratio",
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/1",
+            "CACHE_KEY_PREFIX": "bench:",
+            "DEVICE_CACHE_TTL": str(round(300 / speed)),
+            "NEGATIVE_CACHE_TTL": str(max(1, round(30 / speed))),
+            "WARM_INTERVAL": str(round(240 / speed)),
+            "WARM_TOP_N": str(args.top_n),
+            "HOT_HALF_LIFE": str(3600 / speed),
+            "STATS_INTERVAL": str(round(60 / speed) or 1),
+            "LOG_LEVEL": "WARNING",
+        }
+        os.environ.update(env)
+        from app import create_app
+
+        app = create_app()
+        pairs = seed_devices(app, args.devices)
+        results = [
+            run_variant("without warmers", app, env, pairs, args, warmers=False, workdir=workdir),
+            run_variant("with warmers", app, env, pairs, args, warmers=True, workdir=workdir),
+        ]
+    finally:
+        if app is not None:
+            app.extensions["device_cache"].stop()
+        for proc in reversed(procs):
+            stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    ttl = round(300 / args.speedup)
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores with `python bench/hit_ratio.py"
+        f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`: {args.devices:,} devices, Zipf s = {args.s}, "
+        f"{args.rate:g} lookups/s through `lookup_device` in {args.threads} threads, time accelerated "
+        f"{args.speedup:g}× (DEVICE_CACHE_TTL {ttl} s, WARM_INTERVAL {round(240 / args.speedup)} s, "
+        f"HOT_HALF_LIFE {3600 / args.speedup:g} s, WARM_TOP_N {args.top_n}), {args.ttls} TTLs per run; "
+        f'"steady" leaves out the first {args.skip} TTLs. A warm-up loads up to 200 devices per MongoDB query, '
+        "so `loads` counts queries; the last column counts devices the warmer refreshed.",
+        "",
+        "| run | lookups | achieved/s | hit ratio (steady) | hit ratio (whole run) | misses per 1,000 (steady) "
+        "| MongoDB loads per 1,000 (steady) | cache errors | warm runs | devices warmed per 1,000 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {r['requests']:,} | {r['achieved_rate']:.0f} | {r['hit_ratio_steady']:.2%} "
+            f"| {r['hit_ratio_all']:.2%} | {r['misses_per_1000_steady']:.1f} | {r['loads_per_1000_steady']:.1f} "
+            f"| {r['errors']} | {r['warm_runs']} | {r['devices_warmed_per_1000']:.1f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_doc:
+        write_doc(table)
+
+
+if __name__ == "__main__":
+    main()
