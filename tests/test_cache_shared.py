@@ -206,3 +206,28 @@ def test_hot_set_stays_bounded_between_warm_ups(settings, raw):
         assert hot == [b"device:dev-7|cold", b"device:dev-6|cold", b"device:dev-5|cold"]
     finally:
         stop_app(app)
+
+
+def test_forked_worker_starts_with_empty_buffers_so_nothing_is_counted_twice(app):
+    """gunicorn and Celery fork: a child must not resend the parent's unflushed counters."""
+    import os
+
+    dc = app.extensions["device_cache"]
+    with app.app_context():
+        lookup_device("dev-x", "fork")  # parent: one miss and one load, still buffered
+    pid = os.fork()
+    if pid == 0:  # the child: exit status says what it saw
+        code = 1
+        try:
+            fresh = dc.pending_counts() == {"hits": 0, "misses": 0, "loads": 0, "errors": 0}
+            with app.app_context():
+                lookup_device("dev-x", "fork")  # a hit on the parent's entry
+            dc.flush()
+            code = 0 if fresh else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    dc.flush()
+    counters = dc.counters()
+    assert (counters["hits"], counters["misses"], counters["loads"]) == (1, 1, 1)

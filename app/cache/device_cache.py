@@ -125,9 +125,10 @@ class DeviceCache:
         self._counts: Counter[str] = Counter()
         self._hot: Counter[str] = Counter()
         self._pending_invalidations: set[str] = set()
-        self._flusher_pid: int | None = None
+        self._flusher_started = False
         self._stop = threading.Event()
         self._admin_client: Redis | None = None
+        _instances.add(self)
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -316,21 +317,23 @@ class DeviceCache:
         self.breaker.failure(exc)
 
     def _ensure_flusher(self) -> None:
-        if self._flusher_pid == os.getpid():
+        if self._flusher_started:  # the hot path's only check: a plain attribute
             return
         with self._lock:
-            if self._flusher_pid == os.getpid():
+            if self._flusher_started:
                 return
-            # A fork copies the buffers but not the thread: start afresh in this process.
-            self._counts.clear()
-            self._hot.clear()
-            self._unsent, self._batch_token, self._batch_seq = None, secrets.token_hex(8), 0
-            self._flights.clear()
-            self._flusher_pid = os.getpid()
-            self._stop = threading.Event()
+            self._flusher_started = True
         thread = threading.Thread(target=self._run_flusher, name="cache-flusher", daemon=True)
         thread.start()
-        _flushers.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the buffers, locks and flights are the parent's, the thread is gone."""
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._counts, self._hot, self._flights = Counter(), Counter(), {}
+        self._unsent, self._batch_token, self._batch_seq = None, secrets.token_hex(8), 0
+        self._stop = threading.Event()
+        self._flusher_started = False
 
     def _run_flusher(self) -> None:
         stop = self._stop
@@ -401,7 +404,7 @@ class DeviceCache:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._flusher_pid == os.getpid() and self.breaker.allow():
+        if self._flusher_started and self.breaker.allow():
             self.flush()
 
     # -- reading the shared state ---------------------------------------------------------
@@ -438,12 +441,20 @@ class DeviceCache:
             return {name: self._counts[name] + (unsent[1][name] if unsent else 0) for name in COUNTERS}
 
 
-_flushers: weakref.WeakSet[DeviceCache] = weakref.WeakSet()
+_instances: weakref.WeakSet[DeviceCache] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for instance in list(_instances):
+        instance._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @atexit.register
 def _flush_at_exit() -> None:
-    for instance in list(_flushers):
+    for instance in list(_instances):
         with contextlib.suppress(Exception):  # best effort at interpreter exit
             instance.stop()
 
