@@ -3,9 +3,10 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 from flask import Flask
 from pymongo import MongoClient
 
@@ -75,6 +76,37 @@ def app(settings: dict) -> Iterator[Flask]:
 def stop_app(app: Flask) -> None:
     app.extensions["device_cache"].stop()
     app.extensions["mongo"].close()
+
+
+@pytest.fixture
+def raw(redis_alive: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client on the cache's database, to look behind the service."""
+    client = redis.Redis(port=redis_alive.port, db=0)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def replicas(settings: dict) -> Iterator[list[Flask]]:
+    """Two apps on the same settings: two replicas sharing MongoDB, Redis and the prefix."""
+    apps = [build_app(settings), build_app(settings)]
+    yield apps
+    for app in apps:
+        stop_app(app)
+
+
+@pytest.fixture
+def make_app(settings: dict) -> Iterator[Callable[..., Flask]]:
+    """``build_app`` with overrides; every app built is stopped at the end of the test."""
+    built: list[Flask] = []
+
+    def make(**overrides: object) -> Flask:
+        built.append(build_app(settings, **overrides))
+        return built[-1]
+
+    yield make
+    for app in built:
+        stop_app(app)
 
 
 @pytest.fixture

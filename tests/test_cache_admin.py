@@ -20,13 +20,6 @@ ADMIN_ROUTES = [
 
 
 @pytest.fixture
-def raw(redis_alive):
-    client = redis.Redis(port=redis_alive.port, db=0)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def broker(redis_alive):
     """The Celery broker's database on the same server."""
     client = redis.Redis(port=redis_alive.port, db=1)

@@ -19,13 +19,6 @@ URL = "/api/v1/devices/dev-1/room"
 SLOW = 1.0  # seconds: a generous sanity bound on one request, never a benchmark
 
 
-@pytest.fixture
-def raw(redis_alive):
-    client = redis.Redis(port=redis_alive.port, db=0)
-    yield client
-    client.close()
-
-
 def timed_get(client, url: str = URL, **kwargs):
     started = time.monotonic()
     response = client.get(url, **kwargs)

@@ -10,24 +10,9 @@ import pytest
 import redis
 
 from app.devices.lookup import lookup_device
-from tests.conftest import bearer, build_app, create_user, register, stop_app
+from tests.conftest import bearer, create_user, register
 
 WAIT = 10  # seconds: generous bound on any single step, never a timing assertion
-
-
-@pytest.fixture
-def raw(redis_alive):
-    client = redis.Redis(port=redis_alive.port, db=0)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def replicas(settings):
-    apps = [build_app(settings), build_app(settings)]
-    yield apps
-    for app in apps:
-        stop_app(app)
 
 
 class SlowLoader:

@@ -9,27 +9,10 @@ import json
 import time
 from urllib.parse import quote
 
-import pytest
 import redis
 
 from app.devices.lookup import SCHEMA_VERSION, lookup_device
 from tests.conftest import bearer, build_app, create_user, register, stop_app
-
-
-@pytest.fixture
-def raw(redis_alive):
-    """A plain client on the cache's database, to look at what the service wrote."""
-    client = redis.Redis(port=redis_alive.port, db=0)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def replicas(settings):
-    apps = [build_app(settings), build_app(settings)]
-    yield apps
-    for app in apps:
-        stop_app(app)
 
 
 def device_url(device_id: str, device_name: str) -> str:

@@ -6,21 +6,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import redis
 
 from app.devices.lookup import lookup_device
 from tests.conftest import build_app, create_user, register, stop_app
 
 URL = "/api/v1/devices/dev-1/room"
-
-
-@pytest.fixture
-def replicas(settings):
-    apps = [build_app(settings), build_app(settings)]
-    yield apps
-    for app in apps:
-        stop_app(app)
 
 
 class CountingLoader:

@@ -13,28 +13,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import redis
 from celery import Celery
 from celery.beat import Service
-from flask import Flask
 
 from app.timeutil import parse_iso
 from tests.conftest import bearer, build_app, create_user, register, stop_app
-from tests.test_tasks_warm import STATS, WARM, app_maker, cache_redis, entry_key, running_worker
+from tests.test_tasks_warm import STATS, WARM, entry_key, running_worker
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
 
 MAIN = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def redis_client(settings: dict) -> Iterator[redis.Redis]:
-    yield from cache_redis(settings)
-
-
-@pytest.fixture
-def make_app(settings: dict) -> Iterator[Callable[..., Flask]]:
-    yield from app_maker(settings)
 
 
 def wait_for(check: Callable[[], bool], timeout: float) -> bool:
@@ -106,14 +94,14 @@ def test_celery_is_json_only_with_time_limits_on_the_broker_database(settings):
         stop_app(app)
 
 
-def test_scheduled_warm_up_and_stats_snapshot_happen_on_their_own(make_app, redis_client, settings, tmp_path):
+def test_scheduled_warm_up_and_stats_snapshot_happen_on_their_own(make_app, raw, settings, tmp_path):
     """``celery -A celery_worker beat`` as its own process, ticking the worker every second."""
     app = make_app(WARM_INTERVAL=1, STATS_INTERVAL=1)
     client = app.test_client()
     register(client, create_user(app, "owner"), "d1", "room")
     assert client.get("/api/v1/devices/d1/room").status_code == 200
     app.extensions["device_cache"].flush()
-    redis_client.delete(entry_key(app, "d1"))
+    raw.delete(entry_key(app, "d1"))
     env = {
         **os.environ,
         **{name: settings[name] for name in ("MONGO_URI", "REDIS_URL", "CELERY_BROKER_URL", "CACHE_KEY_PREFIX")},
@@ -126,8 +114,8 @@ def test_scheduled_warm_up_and_stats_snapshot_happen_on_their_own(make_app, redi
     with running_worker(app), open(tmp_path / "beat.log", "wb") as log:
         beat = subprocess.Popen(command, cwd=MAIN, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            warmed = wait_for(lambda: bool(redis_client.exists(entry_key(app, "d1"))), timeout=20)
-            snapshot = wait_for(lambda: bool(history(app, redis_client)), timeout=5)
+            warmed = wait_for(lambda: bool(raw.exists(entry_key(app, "d1"))), timeout=20)
+            snapshot = wait_for(lambda: bool(history(app, raw)), timeout=5)
         finally:
             beat.terminate()
             beat.wait(10)
@@ -139,7 +127,7 @@ def test_scheduled_warm_up_and_stats_snapshot_happen_on_their_own(make_app, redi
     assert body["collector"]["warmer_last_run"] is not None
 
 
-def test_a_second_beat_makes_no_duplicate_stats_snapshots(make_app, redis_client, tmp_path):
+def test_a_second_beat_makes_no_duplicate_stats_snapshots(make_app, raw, tmp_path):
     """Two beats half an interval out of phase: the task lock keeps one snapshot per interval."""
     app = make_app(STATS_INTERVAL=1, WARM_INTERVAL=3600)
     with running_worker(app) as celery, running_beat(celery, tmp_path / "first"):
@@ -148,7 +136,7 @@ def test_a_second_beat_makes_no_duplicate_stats_snapshots(make_app, redis_client
             started = time.monotonic()
             time.sleep(4.2)
             elapsed = time.monotonic() - started
-    snapshots = history(app, redis_client)
+    snapshots = history(app, raw)
     stamps = [parse_iso(s["at"]) for s in snapshots]
     gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
     assert len(snapshots) >= 3, snapshots

@@ -4,39 +4,26 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
-import redis
-from flask import Flask
 
 from app.logging import TaskContextFilter
 from app.timeutil import isoformat, utcnow_ms
 from tests.conftest import bearer, create_user, register
 from tests.helpers import assert_error
-from tests.test_tasks_warm import STATS, WARM, app_maker, cache_redis, run_task, running_worker
+from tests.test_tasks_warm import STATS, WARM, run_task, running_worker
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
 
 SNAPSHOT_FIELDS = {"at", "hits", "misses", "loads", "hit_ratio", "keys"}
 
 
-@pytest.fixture
-def redis_client(settings: dict) -> Iterator[redis.Redis]:
-    yield from cache_redis(settings)
-
-
-@pytest.fixture
-def make_app(settings: dict) -> Iterator[Callable[..., Flask]]:
-    yield from app_maker(settings)
-
-
 def meta(app, name: str) -> str:
     return f"meta:{app.config['CACHE_KEY_PREFIX']}{name}"
 
 
-def test_stats_task_appends_capped_history_and_sets_last_run(make_app, redis_client):
+def test_stats_task_appends_capped_history_and_sets_last_run(make_app, raw):
     app = make_app(STATS_HISTORY_SIZE=3)
     client = app.test_client()
     admin = bearer(create_user(app, "admin", admin=True))
@@ -48,7 +35,7 @@ def test_stats_task_appends_capped_history_and_sets_last_run(make_app, redis_cli
         for _ in range(4):
             results.append(run_task(celery, STATS))
             assert run_task(celery, STATS) == {"overlap": True}  # a duplicate tick inside the window
-            redis_client.delete(meta(app, "lock:stats"))  # the window is over: the next tick
+            raw.delete(meta(app, "lock:stats"))  # the window is over: the next tick
     assert [r["at"] for r in results] == sorted(r["at"] for r in results)
     assert results[-1]["hits"] == 2 and results[-1]["misses"] == 1 and results[-1]["loads"] >= 1
     assert results[-1]["hit_ratio"] == pytest.approx(2 / 3)
@@ -87,7 +74,7 @@ def test_stats_history_is_admin_only_and_defaults_within_the_cap(make_app):
     assert response.get_json() == {"snapshots": []}
 
 
-def test_collector_is_stale_without_a_recent_run(make_app, redis_client):
+def test_collector_is_stale_without_a_recent_run(make_app, raw):
     app = make_app(STATS_INTERVAL=10)
     client = app.test_client()
     admin = bearer(create_user(app, "admin", admin=True))
@@ -95,7 +82,7 @@ def test_collector_is_stale_without_a_recent_run(make_app, redis_client):
     assert collector["last_run"] is None and collector["stale"] is True  # beat never ran
 
     long_ago = isoformat(utcnow_ms() - timedelta(seconds=31))  # three intervals and a bit
-    redis_client.set(meta(app, "collector:last_run"), long_ago)
+    raw.set(meta(app, "collector:last_run"), long_ago)
     collector = client.get("/cache/stats", headers=admin).get_json()["collector"]
     assert collector["last_run"] == long_ago and collector["stale"] is True  # beat died
 

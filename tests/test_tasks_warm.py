@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -14,7 +14,7 @@ from celery.result import AsyncResult
 from flask import Flask
 
 from app.cache.warming import decay_hotness
-from tests.conftest import bearer, build_app, create_user, register, stop_app
+from tests.conftest import bearer, create_user, register
 
 # Celery's Redis result backend still calls redis-py's deprecated ``setex`` (celery 5.7, redis 8).
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
@@ -41,36 +41,6 @@ def run_task(celery: Celery, name: str, *args: object) -> dict:
     return celery.tasks[name].apply_async(args=args).get(timeout=TASK_TIMEOUT)
 
 
-def cache_redis(settings: dict) -> Iterator[redis.Redis]:
-    """A plain client on the cache's Redis, to look behind the service (shared by the task tests)."""
-    client = redis.Redis.from_url(settings["REDIS_URL"])
-    yield client
-    client.close()
-
-
-def app_maker(settings: dict) -> Iterator[Callable[..., Flask]]:
-    """``build_app`` with overrides, every app stopped at the end of the test."""
-    built: list[Flask] = []
-
-    def make(**overrides: object) -> Flask:
-        built.append(build_app(settings, **overrides))
-        return built[-1]
-
-    yield make
-    for app in built:
-        stop_app(app)
-
-
-@pytest.fixture
-def redis_client(settings: dict) -> Iterator[redis.Redis]:
-    yield from cache_redis(settings)
-
-
-@pytest.fixture
-def make_app(settings: dict) -> Iterator[Callable[..., Flask]]:
-    yield from app_maker(settings)
-
-
 def entry_key(app: Flask, device_id: str, device_name: str = "room") -> str:
     return f"{app.config['CACHE_KEY_PREFIX']}device:{device_id}|{device_name}"
 
@@ -95,95 +65,95 @@ def loads(app: Flask, client: redis.Redis) -> int:
     return int(client.hget(f"meta:{app.config['CACHE_KEY_PREFIX']}stats:device", "loads") or 0)
 
 
-def test_every_lookup_adds_to_the_devices_hotness(make_app, redis_client):
+def test_every_lookup_adds_to_the_devices_hotness(make_app, raw):
     app = make_app()
     make_hot(app, {"d1": 3, "d2": 1})
-    scores = dict(redis_client.zrange(hot_key(app), 0, -1, withscores=True))
+    scores = dict(raw.zrange(hot_key(app), 0, -1, withscores=True))
     assert scores == {b"device:d1|room": 3.0, b"device:d2|room": 1.0}
 
 
-def test_warm_task_fills_exactly_the_hottest_devices(make_app, redis_client):
+def test_warm_task_fills_exactly_the_hottest_devices(make_app, raw):
     app = make_app(WARM_TOP_N=3)
     make_hot(app, {"d1": 5, "d2": 4, "d3": 3, "d4": 2, "d5": 1})
-    redis_client.delete(*(entry_key(app, f"d{i}") for i in range(1, 6)))
+    raw.delete(*(entry_key(app, f"d{i}") for i in range(1, 6)))
     with running_worker(app) as celery:
         result = run_task(celery, WARM)
     assert result == {"warmed": 3, "skipped": 0, "errors": 0}
-    assert [bool(redis_client.exists(entry_key(app, f"d{i}"))) for i in range(1, 6)] == [True] * 3 + [False] * 2
-    assert redis_client.ttl(entry_key(app, "d1")) > app.config["DEVICE_CACHE_TTL"] - 5
+    assert [bool(raw.exists(entry_key(app, f"d{i}"))) for i in range(1, 6)] == [True] * 3 + [False] * 2
+    assert raw.ttl(entry_key(app, "d1")) > app.config["DEVICE_CACHE_TTL"] - 5
 
 
-def test_warm_task_loads_reach_the_shared_counters_without_a_lookup_in_the_worker(make_app, redis_client):
+def test_warm_task_loads_reach_the_shared_counters_without_a_lookup_in_the_worker(make_app, raw):
     """A worker process serves no lookups, so nothing but the task itself flushes its loads."""
     app = make_app()
-    redis_client.zadd(hot_key(app), {"device:ghost-1|room": 2, "device:ghost-2|room": 1})
+    raw.zadd(hot_key(app), {"device:ghost-1|room": 2, "device:ghost-2|room": 1})
     with running_worker(app) as celery:
         assert run_task(celery, WARM)["warmed"] == 2
     deadline = time.monotonic() + 2.5  # the spec lets counters lag by at most 2 seconds
-    while not loads(app, redis_client) and time.monotonic() < deadline:
+    while not loads(app, raw) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert loads(app, redis_client) >= 1  # MongoDB queries (a batch may share one)
+    assert loads(app, raw) >= 1  # MongoDB queries (a batch may share one)
 
 
-def test_refresh_ahead_skips_fresh_entries_and_refreshes_ones_near_expiry(make_app, redis_client):
+def test_refresh_ahead_skips_fresh_entries_and_refreshes_ones_near_expiry(make_app, raw):
     app = make_app(WARM_TOP_N=3, DEVICE_CACHE_TTL=300, WARM_INTERVAL=60)
     make_hot(app, {"d1": 3, "d2": 2, "d3": 1})
-    redis_client.pexpire(entry_key(app, "d1"), 1500)  # in the last part of its TTL
-    redis_client.delete(entry_key(app, "d2"))  # missing
-    fresh_ttl = redis_client.pttl(entry_key(app, "d3"))
-    loads_before = loads(app, redis_client)
+    raw.pexpire(entry_key(app, "d1"), 1500)  # in the last part of its TTL
+    raw.delete(entry_key(app, "d2"))  # missing
+    fresh_ttl = raw.pttl(entry_key(app, "d3"))
+    loads_before = loads(app, raw)
     with running_worker(app) as celery:
         result = run_task(celery, WARM)
     assert result == {"warmed": 2, "skipped": 1, "errors": 0}
-    assert redis_client.pttl(entry_key(app, "d1")) > 290_000
-    assert redis_client.pttl(entry_key(app, "d2")) > 290_000
-    assert redis_client.pttl(entry_key(app, "d3")) <= fresh_ttl  # not rewritten
-    assert loads(app, redis_client) > loads_before
+    assert raw.pttl(entry_key(app, "d1")) > 290_000
+    assert raw.pttl(entry_key(app, "d2")) > 290_000
+    assert raw.pttl(entry_key(app, "d3")) <= fresh_ttl  # not rewritten
+    assert loads(app, raw) > loads_before
 
 
-def test_overlapping_warm_run_is_a_no_op_while_another_holds_the_lock(make_app, redis_client):
+def test_overlapping_warm_run_is_a_no_op_while_another_holds_the_lock(make_app, raw):
     app = make_app()
     make_hot(app, {"d1": 2, "d2": 1})
-    redis_client.delete(entry_key(app, "d1"), entry_key(app, "d2"))
+    raw.delete(entry_key(app, "d1"), entry_key(app, "d2"))
     lock = f"meta:{app.config['CACHE_KEY_PREFIX']}lock:warm"
-    redis_client.set(lock, "another-run", px=30_000)
+    raw.set(lock, "another-run", px=30_000)
     with running_worker(app) as celery:
         assert run_task(celery, WARM) == {"warmed": 0, "skipped": 0, "errors": 0, "overlap": True}
-        assert redis_client.get(lock) == b"another-run"  # somebody else's lock is never released
-        assert not redis_client.exists(entry_key(app, "d1"))
-        redis_client.delete(lock)
+        assert raw.get(lock) == b"another-run"  # somebody else's lock is never released
+        assert not raw.exists(entry_key(app, "d1"))
+        raw.delete(lock)
         assert run_task(celery, WARM) == {"warmed": 2, "skipped": 0, "errors": 0}
-    assert not redis_client.exists(lock)  # our own lock is released at the end of the run
+    assert not raw.exists(lock)  # our own lock is released at the end of the run
 
 
-def test_hotness_halves_per_half_life_and_forgets_cold_devices(make_app, redis_client):
+def test_hotness_halves_per_half_life_and_forgets_cold_devices(make_app, raw):
     app = make_app(HOT_HALF_LIFE=10)
     dc = app.extensions["device_cache"]
-    redis_client.zadd(hot_key(app), {"device:a|x": 8, "device:b|x": 4, "device:c|x": 0.015})
+    raw.zadd(hot_key(app), {"device:a|x": 8, "device:b|x": 4, "device:c|x": 0.015})
     with app.app_context():
         assert decay_hotness(dc, now=1_000.0) == 3  # the first call only starts the clock
         assert decay_hotness(dc, now=1_010.0) == 2  # one half-life: c falls below the floor
-        scores = dict(redis_client.zrange(hot_key(app), 0, -1, withscores=True))
+        scores = dict(raw.zrange(hot_key(app), 0, -1, withscores=True))
         assert scores == {b"device:a|x": pytest.approx(4.0), b"device:b|x": pytest.approx(2.0)}
         decay_hotness(dc, now=1_030.0)  # two more
-        scores = dict(redis_client.zrange(hot_key(app), 0, -1, withscores=True))
+        scores = dict(raw.zrange(hot_key(app), 0, -1, withscores=True))
         assert scores == {b"device:a|x": pytest.approx(1.0), b"device:b|x": pytest.approx(0.5)}
         decay_hotness(dc, now=1_030.0)  # no time passed: unchanged
-        assert redis_client.zscore(hot_key(app), "device:a|x") == pytest.approx(1.0)
+        assert raw.zscore(hot_key(app), "device:a|x") == pytest.approx(1.0)
 
 
-def test_hot_set_is_trimmed_to_the_hottest_max_devices(make_app, redis_client):
+def test_hot_set_is_trimmed_to_the_hottest_max_devices(make_app, raw):
     app = make_app(HOT_MAX_DEVICES=3, WARM_TOP_N=10)
-    redis_client.zadd(hot_key(app), {f"device:g{i}|room": i for i in range(1, 7)})
+    raw.zadd(hot_key(app), {f"device:g{i}|room": i for i in range(1, 7)})
     with running_worker(app) as celery:
         assert run_task(celery, WARM)["warmed"] == 3
-    assert redis_client.zrange(hot_key(app), 0, -1) == [b"device:g4|room", b"device:g5|room", b"device:g6|room"]
+    assert raw.zrange(hot_key(app), 0, -1) == [b"device:g4|room", b"device:g5|room", b"device:g6|room"]
 
 
-def test_post_cache_warm_enqueues_a_run_of_the_worker(make_app, redis_client):
+def test_post_cache_warm_enqueues_a_run_of_the_worker(make_app, raw):
     app = make_app(WARM_TOP_N=3)
     make_hot(app, {"d1": 3, "d2": 2, "d3": 1})
-    redis_client.delete(*(entry_key(app, f"d{i}") for i in range(1, 4)))
+    raw.delete(*(entry_key(app, f"d{i}") for i in range(1, 4)))
     client = app.test_client()
     admin = bearer(create_user(app, "admin", admin=True))
     with running_worker(app) as celery:
@@ -196,7 +166,7 @@ def test_post_cache_warm_enqueues_a_run_of_the_worker(make_app, redis_client):
         assert response.status_code == 202
         result = AsyncResult(response.get_json()["task_id"], app=celery).get(timeout=TASK_TIMEOUT)
         assert result == {"warmed": 1, "skipped": 2, "errors": 0}
-    assert all(redis_client.exists(entry_key(app, f"d{i}")) for i in range(1, 4))
+    assert all(raw.exists(entry_key(app, f"d{i}")) for i in range(1, 4))
 
 
 def test_post_cache_warm_is_admin_only_and_validates_limit(make_app):
