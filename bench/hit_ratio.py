@@ -21,9 +21,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,34 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.cache_bench import Group, start_secantus  # noqa: E402
+from tests.servers import RedisServer  # noqa: E402
+
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Hit ratio with warmers (issue 4)"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def zipf_sampler(n: int, s: float, seed: int):
@@ -180,31 +154,21 @@ def drive(app, pairs, sample, rate: float, seconds: float, threads: int, marks: 
 
 def run_variant(name, app, env, pairs, args, warmers: bool, workdir: Path) -> dict:
     reset(app, env["CELERY_BROKER_URL"])
-    procs: list[subprocess.Popen] = []
-    log = open(workdir / f"{name}.log", "w")  # noqa: SIM115 - closed in finally
+    celery = Group()
     try:
         if warmers:
             for role in (
                 ["worker", "--loglevel", "WARNING", "--concurrency", "1", "--pool", "solo"],
                 ["beat", "--loglevel", "WARNING", "--schedule", str(workdir / f"beat-{name}")],
             ):
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "celery", "-A", "celery_worker", *role],
-                        cwd=ROOT,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+                argv = [sys.executable, "-m", "celery", "-A", "celery_worker", *role]
+                celery.start(role[0], argv, workdir / f"{name}-{role[0]}.log", cwd=ROOT, env=env)
         ttl = app.config["DEVICE_CACHE_TTL"]
         seconds = ttl * args.ttls
         sample = zipf_sampler(len(pairs), args.s, args.seed)
         snaps = drive(app, pairs, sample, args.rate, seconds, args.threads, [ttl * args.skip])
     finally:
-        for proc in procs:
-            stop(proc)
-        log.close()
+        celery.stop_all()
     (n0, c0), (n1, c1) = snaps[0], snaps[-1]
     runs, warmed = warmed_devices(env["CELERY_BROKER_URL"]) if warmers else (0, 0)
 
@@ -261,43 +225,13 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="hit-ratio-"))
-    redis_port, mongo_port = free_port(), free_port()
-    procs: list[subprocess.Popen] = []
+    servers = Group()
+    redis_server = RedisServer()
     app = None
     try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "secantusd-py"),
-                    "--port",
-                    str(mongo_port),
-                    "--storage-path",
-                    str(workdir / "mongo"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait_port(redis_port)
-        wait_port(mongo_port)
+        redis_server.start()
+        _, mongo_port = start_secantus(servers, workdir)
+        redis_port = redis_server.port
         speed = args.speedup
         env = {
             **os.environ,
@@ -335,8 +269,8 @@ def main() -> None:
     finally:
         if app is not None:
             app.extensions["device_cache"].stop()
-        for proc in reversed(procs):
-            stop(proc)
+        servers.stop_all()
+        redis_server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
 
     ttl = round(300 / args.speedup)

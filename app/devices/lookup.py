@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
+
 from app.db import KEYS
 from app.extensions import mongo
 
@@ -54,7 +56,9 @@ def load_device(device_id: str, device_name: str) -> dict[str, Any]:
 
 
 def lookup_device(device_id: str, device_name: str) -> dict[str, Any]:
-    """The one device lookup of a request, answered from the shared Redis cache when warm."""
-    from app.cache.device_cache import device_cache
+    """The one device lookup of a request, answered from the shared Redis cache when warm.
 
-    return device_cache().get(device_id, device_name)
+    The cache (``app/cache/device_cache.py``) wraps ``load_device`` above; it is reached through
+    the app's extensions because it imports this module for the schema version.
+    """
+    return current_app.extensions["device_cache"].get(device_id, device_name)
