@@ -11,6 +11,7 @@ from flask import Flask
 from pymongo import MongoClient
 
 from app import create_app
+from tests.live import LiveReplica
 from tests.servers import MongoServer, RedisServer, mongo_base_uri
 
 
@@ -153,3 +154,21 @@ def register(client, user: dict, device_id: str, device_name: str, private: bool
     )
     assert response.status_code == 201, response.get_json()
     return response.get_json()
+
+
+@pytest.fixture
+def live_replica(settings: dict, tmp_path) -> Iterator[Callable[..., LiveReplica]]:
+    """Start ``gunicorn wsgi:app`` replicas on the test's settings; all are stopped at the end.
+
+    ``live_replica(workers=2, worker_class="gthread", threads=4, **env_overrides)``.
+    """
+    started: list[LiveReplica] = []
+
+    def start(**kwargs: object) -> LiveReplica:
+        replica = LiveReplica(settings, tmp_path / f"replica-{len(started)}.log", **kwargs)
+        started.append(replica)
+        return replica.start()
+
+    yield start
+    for replica in started:
+        replica.stop()
