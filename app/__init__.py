@@ -6,8 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from app.cache.device_cache import init_device_cache
 from app.cache.serializer import JSONSerializer
@@ -17,6 +15,7 @@ from app.devices.lookup import load_device, load_devices
 from app.errors import register_error_handlers
 from app.extensions import cache, mongo
 from app.logging import configure_logging
+from app.redis_topology import Topology, client_options
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -33,26 +32,15 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
 
 def cache_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Flask-Caching on the cache's Redis: JSON values, and a client that fails fast.
-
-    redis-py's defaults retry with backoff (seconds per call on a dead Redis);
-    the cache wants one short try and the circuit breaker instead.
-    """
-    timeout = config["CACHE_SOCKET_TIMEOUT"]
+    """Flask-Caching on the cache's Redis (whatever its topology): JSON values, and a client
+    that fails fast (redis-py's defaults retry with backoff: seconds per call on a dead Redis;
+    the cache wants one short try and the circuit breaker instead)."""
+    options = client_options(config["CACHE_SOCKET_TIMEOUT"], "opensensor-cache")
     return {
-        "CACHE_TYPE": "RedisCache",
-        "CACHE_REDIS_URL": config["REDIS_URL"],
+        **Topology.from_config(config).cache_config(options),
         "CACHE_KEY_PREFIX": config["CACHE_KEY_PREFIX"],
         "CACHE_DEFAULT_TIMEOUT": config["DEVICE_CACHE_TTL"],
         "CACHE_SERIALIZER": JSONSerializer,
-        "CACHE_OPTIONS": {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 0),
-            "retry_on_timeout": False,
-            "health_check_interval": 0,
-            "client_name": "opensensor-cache",
-        },
     }
 
 

@@ -11,7 +11,10 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask
 
+from app.redis_topology import broker_transport_options
+
 TASK_MODULES = ["tasks.warm", "tasks.stats"]
+AMQP = ("amqp://", "amqps://", "pyamqp://")
 
 
 def beat_schedule(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -38,11 +41,16 @@ def celery_init_app(app: Flask) -> Celery:
 
     broker = app.config["CELERY_BROKER_URL"]
     longest = max(app.config["WARM_INTERVAL"], app.config["STATS_INTERVAL"], app.config["TASK_TIME_LIMIT"])
+    transport = broker_transport_options(broker, app.config)
     celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
     celery.conf.update(
         broker_url=broker,
-        result_backend=broker,
+        # Results beside the tasks: the same Redis (or Sentinel) database; on RabbitMQ, replies
+        # sent back to the caller (nothing reads them but `celery call` and the tests).
+        result_backend="rpc://" if broker.startswith(AMQP) else broker,
+        result_backend_transport_options=transport,
         result_expires=3600,
+        task_default_queue=app.config["CELERY_QUEUE"],
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -53,7 +61,7 @@ def celery_init_app(app: Flask) -> Celery:
         task_time_limit=app.config["TASK_TIME_LIMIT"],
         task_soft_time_limit=app.config["TASK_TIME_LIMIT"] * 0.8,
         # Above the longest countdown/ETA we use, so Redis never redelivers a task in progress.
-        broker_transport_options={"visibility_timeout": max(3600, longest * 4)},
+        broker_transport_options={"visibility_timeout": max(3600, longest * 4), **transport},
         broker_connection_retry_on_startup=True,
         # Enqueueing from a request must not hang on a dead broker: one short try, then 503.
         task_publish_retry=False,

@@ -13,6 +13,8 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pymongo.uri_parser import parse_uri
 
+from app.redis_topology import Topology, parse_nodes
+
 
 class ConfigError(SystemExit):
     """A malformed setting: start-up stops with this one line (no traceback, exit status 1).
@@ -71,9 +73,44 @@ def _redis_url(name: str, raw: str) -> str:
 
 
 def _prefix(name: str, raw: str) -> str:
-    if not raw or any(c in raw for c in "*?[]\\ \n"):
-        raise ConfigError(f"{name} must be non-empty without spaces or glob characters, got {raw!r}")
+    # Braces are Redis Cluster hash tags: the fill locks and bookkeeping keys carry their own.
+    if not raw or any(c in raw for c in "*?[]{}\\ \n"):
+        raise ConfigError(f"{name} must be non-empty without spaces, braces or glob characters, got {raw!r}")
     return raw
+
+
+def _nodes(name: str, raw: str) -> tuple[tuple[str, int], ...]:
+    try:
+        return parse_nodes(name, raw)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw or not raw.isprintable():
+        raise ConfigError(f"{name} must be non-empty printable text")
+    return raw
+
+
+def _broker_url(name: str, raw: str) -> str:
+    """redis://, rediss://, unix:// (one Redis), sentinel://…;sentinel://… or amqp:// (RabbitMQ)."""
+    scheme = urlsplit(raw).scheme
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        if not urlsplit(raw).hostname:
+            raise ConfigError(f"{name} must name a host, got {raw!r}")
+        return raw
+    if scheme == "sentinel":
+        for part in raw.split(";"):
+            parts = urlsplit(part)
+            if parts.scheme != "sentinel" or not parts.hostname:
+                raise ConfigError(f"{name} must be sentinel://host:port/db[;sentinel://host:port/db...], got {raw!r}")
+        return raw
+    try:
+        return _redis_url(name, raw)
+    except ConfigError:
+        raise ConfigError(
+            f"{name} must be a redis://, rediss://, unix://, sentinel:// or amqp:// URL, got {raw!r}"
+        ) from None
 
 
 def _log_level(name: str, raw: str) -> str:
@@ -96,8 +133,13 @@ def broker_url_from(redis_url: str) -> str:
 SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
     # The contract of the spec.
     "MONGO_URI": ("mongodb://127.0.0.1:27017/opensensor", _mongo_uri),
-    "REDIS_URL": ("redis://127.0.0.1:6379/0", _redis_url),
-    "CELERY_BROKER_URL": (None, _redis_url),
+    "REDIS_URL": (None, _redis_url),  # default below, unless another topology is set
+    "REDIS_SENTINELS": (None, _nodes),
+    "REDIS_SENTINEL_MASTER": (None, _text),
+    "REDIS_PASSWORD": (None, _text),
+    "REDIS_SENTINEL_PASSWORD": (None, _text),
+    "REDIS_CLUSTER_NODES": (None, _nodes),
+    "CELERY_BROKER_URL": (None, _broker_url),
     "CACHE_KEY_PREFIX": ("opensensor:", _prefix),
     "DEVICE_CACHE_TTL": ("300", _positive_int),
     "WARM_INTERVAL": ("240", _positive_int),
@@ -108,7 +150,8 @@ SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
     "NEGATIVE_CACHE_TTL": ("30", _positive_int),
     "CACHE_SOCKET_TIMEOUT": ("0.1", _positive_float),
     "CACHE_BREAKER_THRESHOLD": ("3", _positive_int),
-    "CACHE_BREAKER_COOLDOWN": ("5", _positive_float),
+    "CACHE_PROBE_INTERVAL": ("0.1", _positive_float),
+    "CACHE_REPLICA_WAIT_MS": ("50", _positive_int),
     "CACHE_FLUSH_INTERVAL": ("1", _positive_float),
     "CACHE_LOCK_TIMEOUT": ("2", _positive_float),
     "MONGO_TIMEOUT_MS": ("1000", _positive_int),
@@ -116,7 +159,11 @@ SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
     "HOT_HALF_LIFE": ("3600", _positive_float),
     "TASK_TIME_LIMIT": ("120", _positive_int),
     "HOT_MAX_DEVICES": ("10000", _positive_int),
+    "CELERY_BROKER_SENTINEL_MASTER": (None, _text),  # default: REDIS_SENTINEL_MASTER
+    "CELERY_QUEUE": ("celery", _text),
 }
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+TOPOLOGIES = ("REDIS_URL", "REDIS_SENTINELS", "REDIS_CLUSTER_NODES")
 
 
 def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -132,11 +179,37 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if raw is None:
             continue
         config[name] = parse(name, raw.strip())
-    config.setdefault("CELERY_BROKER_URL", broker_url_from(config["REDIS_URL"]))
+    check_topology(config)
     config.setdefault("STATS_HISTORY_SIZE", max(1, 86400 // config["STATS_INTERVAL"]))
-    if config["CELERY_BROKER_URL"] == config["REDIS_URL"]:
-        raise ConfigError("CELERY_BROKER_URL must not be the cache's Redis database (REDIS_URL)")
+    if config["CACHE_REPLICA_WAIT_MS"] >= config["CACHE_SOCKET_TIMEOUT"] * 1000:
+        raise ConfigError("CACHE_REPLICA_WAIT_MS must be shorter than CACHE_SOCKET_TIMEOUT")
     config["MAX_CONTENT_LENGTH"] = 64 * 1024
     config["JSON_SORT_KEYS"] = False
     config.update(overrides)  # test-only keys such as TESTING
     return config
+
+
+def check_topology(config: dict[str, Any]) -> None:
+    """One Redis topology, and a broker that fits it (filled in when not given)."""
+    chosen = [name for name in TOPOLOGIES if config.get(name)]
+    if len(chosen) > 1:
+        raise ConfigError(f"set only one Redis topology, got {' and '.join(chosen)}")
+    if config.get("REDIS_SENTINELS") and not config.get("REDIS_SENTINEL_MASTER"):
+        raise ConfigError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER (the name of the master)")
+    if config.get("REDIS_SENTINEL_MASTER") and not config.get("REDIS_SENTINELS"):
+        raise ConfigError("REDIS_SENTINEL_MASTER needs REDIS_SENTINELS (host:port of the sentinels)")
+    if not chosen:
+        config["REDIS_URL"] = DEFAULT_REDIS_URL
+    topology = Topology.from_config(config)
+    if "CELERY_BROKER_URL" not in config:
+        if topology.kind == "cluster":
+            raise ConfigError(
+                "REDIS_CLUSTER_NODES needs CELERY_BROKER_URL: Celery cannot use a Redis Cluster as its broker "
+                "(give a redis://, sentinel:// or amqp:// URL)"
+            )
+        config["CELERY_BROKER_URL"] = topology.default_broker_url() or broker_url_from(config["REDIS_URL"])
+    if config["CELERY_BROKER_URL"] == config.get("REDIS_URL"):
+        raise ConfigError("CELERY_BROKER_URL must not be the cache's Redis database (REDIS_URL)")
+    config.setdefault("CELERY_BROKER_SENTINEL_MASTER", config.get("REDIS_SENTINEL_MASTER"))
+    if config["CELERY_BROKER_URL"].startswith("sentinel://") and not config["CELERY_BROKER_SENTINEL_MASTER"]:
+        raise ConfigError("a sentinel:// CELERY_BROKER_URL needs CELERY_BROKER_SENTINEL_MASTER (the master's name)")

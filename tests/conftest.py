@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 
+import kombu
 import pytest
 import redis
 from flask import Flask
@@ -12,7 +14,16 @@ from pymongo import MongoClient
 
 from app import create_app
 from tests.live import LiveReplica
-from tests.servers import MongoServer, RedisServer, mongo_base_uri
+from tests.servers import ClusterSet, MongoServer, RedisServer, SentinelSet, mongo_base_uri
+
+TOPOLOGIES = ("standalone", "sentinel", "cluster")
+# Runs a test module's tests once per Redis topology: ``pytestmark = all_topologies``.
+all_topologies = pytest.mark.parametrize("topology", TOPOLOGIES, indirect=True)
+# Runs Celery tests once per broker: the cache's Redis (database 1) and RabbitMQ.
+all_brokers = pytest.mark.parametrize("celery_broker", ("redis", "rabbitmq"), indirect=True)
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+Deployment = RedisServer | SentinelSet | ClusterSet
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +32,36 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def sentinel_set() -> Iterator[SentinelSet]:
+    """A primary, a replica and three sentinels, started by the first test that needs them."""
+    deployment = SentinelSet()
+    deployment.start()
+    yield deployment
+    deployment.cleanup()
+
+
+@pytest.fixture(scope="session")
+def cluster_set() -> Iterator[ClusterSet]:
+    """Three primaries and three replicas, started by the first test that needs them."""
+    deployment = ClusterSet()
+    deployment.start()
+    yield deployment
+    deployment.cleanup()
+
+
+@pytest.fixture
+def topology(request) -> str:
+    """The Redis topology of the test: standalone unless the test is parametrized."""
+    return getattr(request, "param", "standalone")
+
+
+@pytest.fixture
+def celery_broker(request) -> str:
+    """The Celery broker of the test: the cache's Redis unless the test is parametrized."""
+    return getattr(request, "param", "redis")
 
 
 @pytest.fixture(scope="session")
@@ -36,27 +77,37 @@ def mongo_uri() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_alive(redis_server: RedisServer) -> RedisServer:
-    """The session's redis-server, restarted if an earlier test stopped it."""
-    redis_server.ensure_running()
-    return redis_server
+def redis_alive(request, topology: str, redis_server: RedisServer) -> Deployment:
+    """The session's Redis of the test's topology, restarted if an earlier test stopped it.
+
+    Every deployment has ``stop``, ``kill``, ``pause``, ``resume`` and ``ensure_running`` (an
+    outage of all its data nodes), ``raw()`` and ``primaries()``.
+    """
+    redis_server.ensure_running()  # also the Celery broker of the Cluster topology
+    deployment = redis_server if topology == "standalone" else request.getfixturevalue(f"{topology}_set")
+    deployment.ensure_running()
+    return deployment
 
 
 @pytest.fixture
-def settings(redis_alive: RedisServer, mongo_uri: str) -> Iterator[dict]:
-    """Settings of one test: its own database and key prefix on the shared servers."""
+def settings(redis_alive: Deployment, redis_server: RedisServer, mongo_uri: str, celery_broker: str) -> Iterator[dict]:
+    """Settings of one test: its own database, key prefix (and RabbitMQ queue) on the shared servers."""
     tag = uuid.uuid4().hex[:10]
     db = f"test_{tag}"
-    yield {
+    values = {
         "TESTING": True,
         "MONGO_URI": f"{mongo_uri}/{db}",
-        "REDIS_URL": redis_alive.url(0),
-        "CELERY_BROKER_URL": redis_alive.url(1),
+        **redis_alive.settings(broker=redis_server.url(1)),
         "CACHE_KEY_PREFIX": f"t{tag}:",
         "LOG_LEVEL": "WARNING",
         "CACHE_FLUSH_INTERVAL": 0.2,
-        "CACHE_BREAKER_COOLDOWN": 0.5,
     }
+    if celery_broker == "rabbitmq":  # a queue of its own: RabbitMQ is shared by everything on the machine
+        values.update(CELERY_BROKER_URL=RABBITMQ_URL, CELERY_QUEUE=f"opensensor-test-{tag}")
+    yield values
+    if celery_broker == "rabbitmq":
+        with kombu.Connection(RABBITMQ_URL, connect_timeout=2) as connection:
+            connection.default_channel.queue_delete(values["CELERY_QUEUE"])
     client = MongoClient(mongo_uri, serverSelectionTimeoutMS=2000)
     with contextlib.suppress(Exception):  # a test may have stopped the server
         client.drop_database(db)
@@ -80,9 +131,9 @@ def stop_app(app: Flask) -> None:
 
 
 @pytest.fixture
-def raw(redis_alive: RedisServer) -> Iterator[redis.Redis]:
-    """A plain client on the cache's database, to look behind the service."""
-    client = redis.Redis(port=redis_alive.port, db=0)
+def raw(redis_alive: Deployment) -> Iterator[redis.Redis]:
+    """A plain client on the cache's database (of any topology), to look behind the service."""
+    client = redis_alive.raw()
     yield client
     client.close()
 

@@ -63,3 +63,13 @@ def insert_readings(
 def stored_readings(app: Flask) -> list[dict[str, Any]]:
     with app.app_context():
         return list(app.extensions["mongo"].db["readings"].find({}, {"_id": 0}))
+
+
+def meta_key(prefix: str, name: str) -> str:
+    """A bookkeeping key of the cache (``app/cache/keys.py``): beside the prefix, one hash tag."""
+    return f"meta:{{{prefix}}}{name}"
+
+
+def lock_key(prefix: str, key: str) -> str:
+    """The fill lock of a lookup key (relative to the prefix), in the value key's slot."""
+    return f"{prefix}lock:{{{prefix}{key}}}"

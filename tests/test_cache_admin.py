@@ -9,8 +9,11 @@ import time
 import pytest
 import redis
 
-from tests.conftest import bearer, create_user, register
-from tests.helpers import assert_error
+from tests.conftest import all_topologies, bearer, create_user, register
+from tests.helpers import assert_error, lock_key, meta_key
+
+pytestmark = all_topologies
+LOCK = "<the fill lock of device:d1|room>"
 
 ADMIN_ROUTES = [
     ("get", "/cache/stats", None),
@@ -20,9 +23,10 @@ ADMIN_ROUTES = [
 
 
 @pytest.fixture
-def broker(redis_alive):
-    """The Celery broker's database on the same server."""
-    client = redis.Redis(port=redis_alive.port, db=1)
+def broker(redis_alive, settings):
+    """The Celery broker's database: on the cache's server, or (Cluster) another one."""
+    url = settings.get("CELERY_BROKER_URL")  # unset on Sentinel: database 1 of the master
+    client = redis.Redis.from_url(url) if url else redis.Redis(port=redis_alive.port, db=1)
     yield client
     client.close()
 
@@ -62,11 +66,11 @@ def test_stats_before_any_lookup(client, admin, settings):
     assert body["collector"]["last_run"] is None
 
 
-def test_stats_count_lookups_and_keys(client, owner, admin, settings, raw):
+def test_stats_count_lookups_and_keys(client, owner, admin, settings, redis_alive):
     register(client, owner, "dev-1", "room")
     for url in ["/api/v1/devices/dev-1/room"] * 3 + ["/api/v1/devices/dev-2/room"]:
         client.get(url)
-    before = raw.info("stats")["keyspace_hits"]
+    before = sum(node.info("stats")["keyspace_hits"] for node in redis_alive.primaries())
     body = client.get("/cache/stats", headers=bearer(admin)).get_json()
     device = body["lookups"]["device"]
     assert {k: device[k] for k in ("hits", "misses", "loads", "errors")} == {
@@ -88,7 +92,7 @@ def seed(raw, broker, prefix: str) -> dict[str, list[str]]:
         f"{prefix}device:d1|hall",
         f"{prefix}device:d2|room",
         f"{prefix}device:d11|room",
-        f"{prefix}lock:device:d1|room",
+        lock_key(prefix, "device:d1|room"),
         f"{prefix}warm:other",
     ]
     outside = [
@@ -97,7 +101,7 @@ def seed(raw, broker, prefix: str) -> dict[str, list[str]]:
         f"{prefix[:-1]}-other:device:d1|room",  # a neighbouring namespace
         "device:d1|room",  # another service with no prefix at all
         "opensensor:device:d1|room",
-        f"meta:{prefix}stats:device",  # our bookkeeping lives beside the prefix
+        meta_key(prefix, "stats:device"),  # our bookkeeping lives beside the prefix
         "_kombu.binding.celery",
         "celery-task-meta-1234",
     ]
@@ -147,21 +151,22 @@ def test_clear_then_lookups_refill(client, owner, admin, raw, settings):
                 "device:d1|hall",
                 "device:d2|room",
                 "device:d11|room",
-                "lock:device:d1|room",
+                LOCK,
                 "warm:other",
             ],
         ),
-        ("device:*", ["device:d1|room", "device:d1|hall", "device:d2|room", "device:d11|room", "lock:device:d1|room"]),
-        ("device:d1|*", ["device:d1|room", "device:d1|hall", "lock:device:d1|room"]),
-        ("device:d1|room", ["device:d1|room", "lock:device:d1|room"]),
-        ("device:*|room", ["device:d1|room", "device:d2|room", "device:d11|room", "lock:device:d1|room"]),
-        ("device:d?|room", ["device:d1|room", "device:d2|room", "lock:device:d1|room"]),
+        ("device:*", ["device:d1|room", "device:d1|hall", "device:d2|room", "device:d11|room", LOCK]),
+        ("device:d1|*", ["device:d1|room", "device:d1|hall", LOCK]),
+        ("device:d1|room", ["device:d1|room", LOCK]),
+        ("device:*|room", ["device:d1|room", "device:d2|room", "device:d11|room", LOCK]),
+        ("device:d?|room", ["device:d1|room", "device:d2|room", LOCK]),
         ("nothing:*", []),
     ],
 )
 def test_invalidate_deletes_exactly_what_the_glob_names(client, admin, raw, broker, settings, pattern, gone):
     prefix = settings["CACHE_KEY_PREFIX"]
     keys = seed(raw, broker, prefix)
+    gone = [lock_key(prefix, "device:d1|room").removeprefix(prefix) if name == LOCK else name for name in gone]
     try:
         response = client.post("/cache/invalidate", json={"pattern": pattern}, headers=bearer(admin))
         assert response.status_code == 200

@@ -11,9 +11,11 @@ import pytest
 import redis
 
 from app.devices.lookup import SCHEMA_VERSION, lookup_device
-from tests.conftest import bearer, build_app, create_user, register, stop_app
+from tests.conftest import all_topologies, bearer, build_app, create_user, register, stop_app
 from tests.helpers import push, read
 from tests.servers import free_port
+
+pytestmark = all_topologies
 
 URL = "/api/v1/devices/dev-1/room"
 SLOW = 1.0  # seconds: a generous sanity bound on one request, never a benchmark
@@ -139,10 +141,26 @@ def test_app_started_with_redis_down_serves_then_caches_once_redis_is_up(setting
     assert_logged_once_per_state_change(caplog)
 
 
-def test_app_whose_redis_never_answers_serves_every_route(settings, caplog):
+def nowhere(topology: str) -> dict:
+    """Settings of a Redis of this topology where nothing listens."""
+    ports = [free_port() for _ in range(3)]
+    nodes = ",".join(f"127.0.0.1:{port}" for port in ports)
+    broker = f"redis://127.0.0.1:{ports[0]}/1"
+    if topology == "sentinel":
+        return {
+            "REDIS_URL": None,
+            "REDIS_SENTINELS": nodes,
+            "REDIS_SENTINEL_MASTER": "gone",
+            "CELERY_BROKER_URL": broker,
+        }
+    if topology == "cluster":
+        return {"REDIS_CLUSTER_NODES": nodes, "CELERY_BROKER_URL": broker}
+    return {"REDIS_URL": f"redis://127.0.0.1:{ports[0]}/0", "CELERY_BROKER_URL": broker}
+
+
+def test_app_whose_redis_never_answers_serves_every_route(settings, caplog, topology):
     caplog.set_level(logging.WARNING, logger="app.cache")
-    port = free_port()  # nothing listens there
-    app = build_app(settings, REDIS_URL=f"redis://127.0.0.1:{port}/0", CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/1")
+    app = build_app(settings, **nowhere(topology))
     try:
         client = app.test_client()
         owner, admin = create_user(app, "owner"), create_user(app, "root", admin=True)
@@ -165,23 +183,26 @@ def test_app_whose_redis_never_answers_serves_every_route(settings, caplog):
     assert not any(m.startswith("cache enabled") for m in messages)
 
 
-def test_redis_refusing_writes_never_becomes_an_error_response(app, client, raw):
+def test_redis_refusing_writes_never_becomes_an_error_response(app, client, redis_alive):
     """A real server out of memory (noeviction) rejects the fill's script; lookups still answer."""
     owner = create_user(app, "owner")
     register(client, owner, "dev-1", "room")
     register(client, owner, "dev-2", "room")
     assert client.get(URL).status_code == 200  # warm before the server fills up
-    saved = raw.config_get("maxmemory*")
-    raw.config_set("maxmemory-policy", "noeviction")
-    raw.config_set("maxmemory", 1)
+    primaries = redis_alive.primaries()
+    saved = [node.config_get("maxmemory*") for node in primaries]
+    for node in primaries:
+        node.config_set("maxmemory-policy", "noeviction")
+        node.config_set("maxmemory", 1)
     try:
         for _ in range(5):
             assert client.get(URL).get_json()["chain"] == ["dev-1", "dev-2"]
             assert client.get("/api/v1/devices/dev-2/room").status_code == 200  # cold: its fill fails
             assert client.get("/api/v1/devices/dev-3/room").status_code == 404
     finally:
-        raw.config_set("maxmemory", saved["maxmemory"])
-        raw.config_set("maxmemory-policy", saved["maxmemory-policy"])
+        for node, config in zip(primaries, saved, strict=True):
+            node.config_set("maxmemory", config["maxmemory"])
+            node.config_set("maxmemory-policy", config["maxmemory-policy"])
     dc = app.extensions["device_cache"]
     assert dc.pending_counts()["errors"] + dc.counters()["errors"] >= 1
 
@@ -241,11 +262,17 @@ def test_counters_sent_while_redis_hangs_are_counted_once(settings, redis_alive)
         stop_app(app)
 
 
-def test_cache_client_fails_fast_without_retries(app):
-    kwargs = app.extensions["device_cache"].client.connection_pool.connection_kwargs
+def test_cache_client_fails_fast_without_retries(app, topology):
+    dc = app.extensions["device_cache"]
+    with app.app_context():
+        lookup_device("dev-1", "room")  # a Cluster's client is built on first use
+    [(_, node)] = dc.topology.primaries(dc.client)[:1]
+    kwargs = node.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.1 and kwargs["socket_connect_timeout"] == 0.1
     assert kwargs["retry"].get_retries() == 0
     assert not kwargs.get("retry_on_timeout")
+    if topology == "cluster":  # and the cluster client itself does not retry either
+        assert dc.client.cluster.retry.get_retries() == 0
 
 
 def test_breaker_is_per_process(settings, raw, caplog):
@@ -254,6 +281,7 @@ def test_breaker_is_per_process(settings, raw, caplog):
     try:
         owner = create_user(a, "owner")
         register(a.test_client(), owner, "dev-1", "room")
+        a.extensions["device_cache"].probe = lambda: False  # only this process cannot reach Redis
         a.extensions["device_cache"].breaker.trip(redis.ConnectionError("only this process lost Redis"))
         for _ in range(3):
             assert a.test_client().get(URL).status_code == 200  # from MongoDB, Redis untouched
@@ -262,6 +290,7 @@ def test_breaker_is_per_process(settings, raw, caplog):
         b.extensions["device_cache"].loader = fail_if_called
         assert b.test_client().get(URL).status_code == 200  # the other replica caches on
         assert not b.extensions["device_cache"].breaker.is_open
+        del a.extensions["device_cache"].probe  # it reaches Redis again
         assert wait_until(lambda: not a.extensions["device_cache"].breaker.is_open)  # its probe succeeds
     finally:
         stop_app(a)

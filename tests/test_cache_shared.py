@@ -12,7 +12,10 @@ from urllib.parse import quote
 import redis
 
 from app.devices.lookup import SCHEMA_VERSION, lookup_device
-from tests.conftest import bearer, build_app, create_user, register, stop_app
+from tests.conftest import all_topologies, bearer, build_app, create_user, register, stop_app
+from tests.helpers import meta_key
+
+pytestmark = all_topologies
 
 
 def device_url(device_id: str, device_name: str) -> str:
@@ -26,8 +29,13 @@ def flushed_counters(*apps) -> dict:
     return apps[0].extensions["device_cache"].counters()
 
 
-def cmdstats(client: redis.Redis) -> dict[str, int]:
-    return {name: stat["calls"] for name, stat in client.info("commandstats").items()}
+def cmdstats(nodes: list[redis.Redis]) -> dict[str, int]:
+    """Commands run so far, summed over these nodes (clients kept open: a new connection adds HELLO)."""
+    calls: dict[str, int] = {}
+    for node in nodes:
+        for name, stat in node.info("commandstats").items():
+            calls[name] = calls.get(name, 0) + stat["calls"]
+    return calls
 
 
 def test_second_replica_hits_cache_filled_by_first(replicas, raw, settings):
@@ -102,7 +110,7 @@ def test_cached_value_is_json_under_the_prefixed_key_with_the_configured_ttl(set
     assert 110_000 < raw.pttl(key) <= 120_000
 
 
-def test_warm_hit_costs_exactly_one_get(settings, raw):
+def test_warm_hit_costs_exactly_one_get(settings, redis_alive):
     # A long flush interval keeps the background flusher's pipeline out of the count.
     app = build_app(settings, CACHE_FLUSH_INTERVAL=60)
     try:
@@ -110,14 +118,17 @@ def test_warm_hit_costs_exactly_one_get(settings, raw):
         register(app.test_client(), owner, "dev-1", "room")
         with app.app_context():
             cold = lookup_device("dev-1", "room")  # fills, and opens the pooled connection
-            before = cmdstats(raw)
+            nodes = redis_alive.primaries()
+            before = cmdstats(nodes)
             warm = lookup_device("dev-1", "room")
-            after = cmdstats(raw)
+            after = cmdstats(nodes)
     finally:
         stop_app(app)
     assert warm == cold and warm["found"] is True
     delta = {name: after.get(name, 0) - before.get(name, 0) for name in after}
-    delta = {name: calls for name, calls in delta.items() if calls and name != "cmdstat_info"}
+    delta = {
+        name: calls for name, calls in delta.items() if calls and name not in ("cmdstat_info", "cmdstat_cluster|info")
+    }
     assert delta == {"cmdstat_get": 1}
 
 
@@ -162,14 +173,15 @@ def test_cache_keeps_to_its_own_database_and_prefix(replicas, raw, settings, red
     flushed_counters(a, b)
 
     prefix = settings["CACHE_KEY_PREFIX"]
-    ours = [k.decode() for k in raw.scan_iter(match=f"*{prefix}*")]
+    ours = [k.decode() for node in redis_alive.primaries() for k in node.scan_iter(match=f"*{prefix}*")]
     assert sorted(k for k in ours if k.startswith(prefix)) == [
         f"{prefix}device:dev-1|room",
         f"{prefix}device:dev-2|room",
     ]
     # Bookkeeping (counters, hotness) lives beside the prefix, never inside another namespace.
-    assert all(k.startswith((prefix, f"meta:{prefix}")) for k in ours), ours
-    broker = redis.Redis(port=redis_alive.port, db=1)
+    assert all(k.startswith((prefix, meta_key(prefix, ""))) for k in ours), ours
+    url = settings.get("CELERY_BROKER_URL")  # unset on Sentinel: database 1 of the master
+    broker = redis.Redis.from_url(url) if url else redis.Redis(port=redis_alive.port, db=1)
     try:
         assert list(broker.scan_iter(match=f"*{prefix}*")) == []
     finally:

@@ -6,10 +6,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import redis
-
 from app.devices.lookup import lookup_device
-from tests.conftest import build_app, create_user, register, stop_app
+from tests.conftest import all_topologies, build_app, create_user, register, stop_app
+from tests.helpers import lock_key
+
+pytestmark = all_topologies
 
 URL = "/api/v1/devices/dev-1/room"
 
@@ -81,11 +82,11 @@ def test_concurrent_lookups_of_an_unknown_pair_share_one_load(replicas):
 def test_lock_left_by_a_dead_replica_delays_lookups_by_at_most_the_lock_timeout(settings, redis_alive):
     """A replica died holding the fill lock: the others wait out the lock, then load themselves."""
     app = build_app(settings, CACHE_LOCK_TIMEOUT=0.3)
-    raw = redis.Redis(port=redis_alive.port)
+    raw = redis_alive.raw()
     try:
         owner = create_user(app, "owner")
         register(app.test_client(), owner, "dev-1", "room")
-        lock = settings["CACHE_KEY_PREFIX"] + "lock:device:dev-1|room"
+        lock = lock_key(settings["CACHE_KEY_PREFIX"], "device:dev-1|room")
         raw.set(lock, "token-of-a-dead-replica", px=60_000)  # outlives the waiters' deadline
         started = time.monotonic()
         with app.app_context():

@@ -126,7 +126,16 @@ MALFORMED = [
     ("CELERY_BROKER_URL", "amqp-ish"),
     ("CACHE_KEY_PREFIX", "open*"),
     ("CACHE_KEY_PREFIX", "has space:"),
+    ("CACHE_KEY_PREFIX", "{tag}:"),
     ("LOG_LEVEL", "LOUD"),
+    ("REDIS_SENTINELS", "host-without-port"),
+    ("REDIS_SENTINELS", "h1:26379,h2:port"),
+    ("REDIS_CLUSTER_NODES", "h1:70000"),
+    ("REDIS_CLUSTER_NODES", ""),
+    ("CELERY_BROKER_URL", "sentinel://"),
+    ("CELERY_BROKER_URL", "amqp://"),
+    ("CACHE_PROBE_INTERVAL", "0"),
+    ("CACHE_REPLICA_WAIT_MS", "fast"),
 ]
 
 
@@ -143,3 +152,80 @@ def test_malformed_variable_stops_start_up_with_one_clear_line(clean_env, settin
 def test_broker_on_the_caches_own_database_is_refused(clean_env, settings):
     with pytest.raises(ConfigError, match="CELERY_BROKER_URL"):
         create_app({**settings, "CELERY_BROKER_URL": settings["REDIS_URL"]})
+
+
+SENTINELS = {"REDIS_SENTINELS": "10.0.0.1:26379,10.0.0.2:26380", "REDIS_SENTINEL_MASTER": "cache"}
+CLUSTER = {"REDIS_CLUSTER_NODES": "10.0.1.1:7000,10.0.1.2:7000", "CELERY_BROKER_URL": "amqp://guest:guest@mq:5672//"}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"REDIS_URL": "redis://cache:6379/0", **SENTINELS},
+        {"REDIS_URL": "redis://cache:6379/0", **CLUSTER},
+        {**SENTINELS, **CLUSTER},
+    ],
+    ids=["url+sentinel", "url+cluster", "sentinel+cluster"],
+)
+def test_more_than_one_redis_topology_stops_start_up_with_one_line(clean_env, env):
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(ConfigError, match="only one Redis topology") as caught:
+        create_app()
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "needs"),
+    [
+        ({"REDIS_SENTINELS": "10.0.0.1:26379"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINEL_MASTER": "cache"}, "REDIS_SENTINELS"),
+        ({"REDIS_CLUSTER_NODES": "10.0.1.1:7000"}, "CELERY_BROKER_URL"),
+        (
+            {"REDIS_CLUSTER_NODES": "10.0.1.1:7000", "CELERY_BROKER_URL": "sentinel://10.0.0.1:26379/1"},
+            "CELERY_BROKER_SENTINEL_MASTER",
+        ),
+    ],
+    ids=["sentinels without master", "master without sentinels", "cluster without broker", "sentinel broker"],
+)
+def test_an_incomplete_topology_says_what_is_missing(clean_env, env, needs):
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=needs) as caught:
+        create_app()
+    assert "\n" not in str(caught.value)
+
+
+def test_sentinel_topology_caches_on_the_master_and_brokers_on_its_database_1(clean_env):
+    clean_env.setenv("REDIS_PASSWORD", "s3cr/t")
+    clean_env.setenv("REDIS_SENTINEL_PASSWORD", "guard")
+    app = create_app(SENTINELS)
+    try:
+        dc = app.extensions["device_cache"]
+        assert dc.topology.kind == "sentinel" and dc.backend._read_client is dc.backend._write_client
+        assert app.config["CELERY_BROKER_URL"] == (
+            "sentinel://:s3cr%2Ft@10.0.0.1:26379/1;sentinel://:s3cr%2Ft@10.0.0.2:26380/1"
+        )
+        conf = app.extensions["celery"].conf
+        for options in (conf.broker_transport_options, conf.result_backend_transport_options):
+            assert options["master_name"] == "cache" and options["sentinel_kwargs"] == {"password": "guard"}
+        assert conf.result_backend == app.config["CELERY_BROKER_URL"]
+    finally:
+        stop_app(app)
+
+
+def test_cluster_topology_needs_no_server_to_start_and_takes_the_given_broker(clean_env):
+    started = time.monotonic()
+    app = create_app(CLUSTER)
+    try:
+        assert time.monotonic() - started < 1.0  # the cluster client is built on first use
+        assert app.extensions["device_cache"].topology.kind == "cluster"
+        conf = app.extensions["celery"].conf
+        assert conf.broker_url == CLUSTER["CELERY_BROKER_URL"] and conf.result_backend == "rpc://"
+    finally:
+        stop_app(app)
+
+
+def test_replica_wait_must_be_shorter_than_the_socket_timeout(clean_env, settings):
+    with pytest.raises(ConfigError, match="CACHE_REPLICA_WAIT_MS"):
+        create_app({**settings, "CACHE_REPLICA_WAIT_MS": 100, "CACHE_SOCKET_TIMEOUT": 0.1})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -17,10 +16,12 @@ from celery import Celery
 from celery.beat import Service
 
 from app.timeutil import parse_iso
-from tests.conftest import bearer, build_app, create_user, register, stop_app
+from tests.conftest import all_brokers, bearer, build_app, create_user, register, stop_app
+from tests.helpers import meta_key
+from tests.live import service_env
 from tests.test_tasks_warm import STATS, WARM, entry_key, running_worker
 
-pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning"), all_brokers]
 
 MAIN = Path(__file__).resolve().parent.parent
 
@@ -48,7 +49,7 @@ def running_beat(celery: Celery, schedule: Path) -> Iterator[Service]:
 
 
 def history(app, client) -> list[dict]:
-    raw = client.lrange(f"meta:{app.config['CACHE_KEY_PREFIX']}stats:history", 0, -1)
+    raw = client.lrange(meta_key(app.config["CACHE_KEY_PREFIX"], "stats:history"), 0, -1)
     return [json.loads(item) for item in raw]
 
 
@@ -79,7 +80,7 @@ def test_beat_schedule_follows_the_environment(settings, monkeypatch):
 
 
 def test_celery_is_json_only_with_time_limits_on_the_broker_database(settings):
-    overrides = {k: v for k, v in settings.items() if k != "CELERY_BROKER_URL"}
+    overrides = {k: v for k, v in settings.items() if k not in ("CELERY_BROKER_URL", "CELERY_QUEUE")}
     app = build_app(overrides, TASK_TIME_LIMIT=30, WARM_INTERVAL=600)
     try:
         conf = app.extensions["celery"].conf
@@ -102,13 +103,7 @@ def test_scheduled_warm_up_and_stats_snapshot_happen_on_their_own(make_app, raw,
     assert client.get("/api/v1/devices/d1/room").status_code == 200
     app.extensions["device_cache"].flush()
     raw.delete(entry_key(app, "d1"))
-    env = {
-        **os.environ,
-        **{name: settings[name] for name in ("MONGO_URI", "REDIS_URL", "CELERY_BROKER_URL", "CACHE_KEY_PREFIX")},
-        "WARM_INTERVAL": "1",
-        "STATS_INTERVAL": "1",
-        "LOG_LEVEL": "INFO",
-    }
+    env = service_env(settings, WARM_INTERVAL=1, STATS_INTERVAL=1, LOG_LEVEL="INFO")
     command = [sys.executable, "-m", "celery", "-A", "celery_worker", "beat", "--max-interval", "1"]
     command += ["-s", str(tmp_path / "schedule"), "-l", "info", "--pidfile", ""]
     with running_worker(app), open(tmp_path / "beat.log", "wb") as log:

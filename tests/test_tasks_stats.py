@@ -10,17 +10,17 @@ import pytest
 
 from app.logging import TaskContextFilter
 from app.timeutil import isoformat, utcnow_ms
-from tests.conftest import bearer, create_user, register
-from tests.helpers import assert_error
+from tests.conftest import all_brokers, bearer, create_user, register
+from tests.helpers import assert_error, meta_key
 from tests.test_tasks_warm import STATS, WARM, run_task, running_worker
 
-pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning"), all_brokers]
 
 SNAPSHOT_FIELDS = {"at", "hits", "misses", "loads", "hit_ratio", "keys"}
 
 
 def meta(app, name: str) -> str:
-    return f"meta:{app.config['CACHE_KEY_PREFIX']}{name}"
+    return meta_key(app.config["CACHE_KEY_PREFIX"], name)
 
 
 def test_stats_task_appends_capped_history_and_sets_last_run(make_app, raw):

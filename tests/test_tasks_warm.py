@@ -14,10 +14,11 @@ from celery.result import AsyncResult
 from flask import Flask
 
 from app.cache.warming import decay_hotness
-from tests.conftest import bearer, create_user, register
+from tests.conftest import all_brokers, bearer, create_user, register
+from tests.helpers import meta_key
 
 # Celery's Redis result backend still calls redis-py's deprecated ``setex`` (celery 5.7, redis 8).
-pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning"), all_brokers]
 
 WARM = "tasks.warm.warm_hot_devices"
 STATS = "tasks.stats.collect_cache_stats"
@@ -30,6 +31,10 @@ def running_worker(app: Flask) -> Iterator[Celery]:
     celery: Celery = app.extensions["celery"]
     celery.loader.import_default_modules()
     celery.control.purge()  # ticks an earlier test left in the broker belong to another app
+    if celery.conf.broker_url.startswith("amqp"):
+        # The worker's event loop on RabbitMQ sleeps until its next timer (minutes without heartbeats)
+        # before it sees the test asking it to stop: a heartbeat every second wakes it.
+        celery.conf.broker_heartbeat = 2
     try:
         with start_worker(celery, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=15):
             yield celery
@@ -46,7 +51,7 @@ def entry_key(app: Flask, device_id: str, device_name: str = "room") -> str:
 
 
 def hot_key(app: Flask) -> str:
-    return f"meta:{app.config['CACHE_KEY_PREFIX']}hot:device"
+    return meta_key(app.config["CACHE_KEY_PREFIX"], "hot:device")
 
 
 def make_hot(app: Flask, lookups: dict[str, int]) -> None:
@@ -62,7 +67,7 @@ def make_hot(app: Flask, lookups: dict[str, int]) -> None:
 
 
 def loads(app: Flask, client: redis.Redis) -> int:
-    return int(client.hget(f"meta:{app.config['CACHE_KEY_PREFIX']}stats:device", "loads") or 0)
+    return int(client.hget(meta_key(app.config["CACHE_KEY_PREFIX"], "stats:device"), "loads") or 0)
 
 
 def test_every_lookup_adds_to_the_devices_hotness(make_app, raw):
@@ -115,7 +120,7 @@ def test_overlapping_warm_run_is_a_no_op_while_another_holds_the_lock(make_app, 
     app = make_app()
     make_hot(app, {"d1": 2, "d2": 1})
     raw.delete(entry_key(app, "d1"), entry_key(app, "d2"))
-    lock = f"meta:{app.config['CACHE_KEY_PREFIX']}lock:warm"
+    lock = meta_key(app.config["CACHE_KEY_PREFIX"], "lock:warm")
     raw.set(lock, "another-run", px=30_000)
     with running_worker(app) as celery:
         assert run_task(celery, WARM) == {"warmed": 0, "skipped": 0, "errors": 0, "overlap": True}

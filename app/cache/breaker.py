@@ -1,7 +1,13 @@
 """A per-process circuit breaker for the cache's Redis.
 
-Considered: pybreaker; it counts failures the same way but its half-open probe is a
-user request, and we probe from the background flusher so no request ever pays for it.
+It opens after ``threshold`` outages in a row (no answer: refused, timed out, cluster down),
+never for an answer that is an error (out of memory, read-only): those cost no waiting, and
+opening for them would make the cache flap. While open, requests do not touch Redis; the
+cache's background thread probes Redis every ``CACHE_PROBE_INTERVAL`` and closes it as soon
+as Redis answers, so no request pays for the probe and none bypasses a Redis that is back.
+
+Considered: pybreaker; it counts failures the same way, but its half-open probe is a user
+request and its reopening waits out a fixed cool-down.
 """
 
 from __future__ import annotations
@@ -10,16 +16,19 @@ import logging
 import threading
 import time
 
+from app.redis_topology import OUTAGE_ERRORS
+
 log = logging.getLogger("app.cache")
 
 
 class CircuitBreaker:
-    def __init__(self, threshold: int, cooldown: float):
+    def __init__(self, threshold: int, probe_interval: float):
         self.threshold = threshold
-        self.cooldown = cooldown
+        self.probe_interval = probe_interval
         self._lock = threading.Lock()
         self._failures = 0
         self._opened_at: float | None = None
+        self.on_change = lambda is_open: None  # set by the cache: wakes its background thread
 
     @property
     def is_open(self) -> bool:
@@ -29,37 +38,42 @@ class CircuitBreaker:
         """Whether a request may use Redis: never while open (the background probe closes it)."""
         return self._opened_at is None
 
-    def probe_due(self) -> bool:
-        opened = self._opened_at
-        return opened is not None and time.monotonic() - opened >= self.cooldown
-
     def success(self) -> None:
         if self._failures:
             self._failures = 0
 
     def failure(self, exc: BaseException) -> None:
+        if not isinstance(exc, OUTAGE_ERRORS):
+            return
         with self._lock:
             self._failures += 1
-            if self._opened_at is None and self._failures >= self.threshold:
-                self._opened_at = time.monotonic()
-                log.warning(
-                    "cache disabled: Redis failed %d times in a row (%s); serving from MongoDB, probing every %.0fs",
-                    self._failures,
-                    exc.__class__.__name__,
-                    self.cooldown,
-                )
+            if self._opened_at is not None or self._failures < self.threshold:
+                return
+            self._opened_at = time.monotonic()
+        log.warning(
+            "cache disabled: Redis failed %d times in a row (%s); serving from MongoDB, probing every %.1fs",
+            self._failures,
+            exc.__class__.__name__,
+            self.probe_interval,
+        )
+        self.on_change(True)
 
     def trip(self, exc: BaseException) -> None:
-        """Open at once (Redis unreachable at start-up or on a failed probe)."""
+        """Open at once (a failed probe, or an outage seen where no request waits)."""
         with self._lock:
-            if self._opened_at is None:
-                log.warning("cache disabled: Redis unreachable (%s); serving from MongoDB", exc.__class__.__name__)
+            opened = self._opened_at is None
             self._failures = max(self._failures, self.threshold)
-            self._opened_at = time.monotonic()
+            if opened:
+                self._opened_at = time.monotonic()
+        if opened:
+            log.warning("cache disabled: Redis unreachable (%s); serving from MongoDB", exc.__class__.__name__)
+            self.on_change(True)
 
     def close(self) -> None:
         with self._lock:
-            if self._opened_at is not None:
-                log.warning("cache enabled: Redis reachable again")
+            closed = self._opened_at is not None
             self._failures = 0
             self._opened_at = None
+        if closed:
+            log.warning("cache enabled: Redis reachable again")
+            self.on_change(False)

@@ -1,8 +1,8 @@
 """Admin operations on the shared cache: statistics, clear and glob invalidation.
 
-The keyspace is walked with SCAN (COUNT 1000) and deleted with UNLINK in batches,
-always under ``CACHE_KEY_PREFIX``: never KEYS, never FLUSHDB, so the Celery broker and
-beat schedule in the same Redis survive.
+The keyspace of every primary is walked with SCAN (COUNT 1000) and deleted with UNLINK in
+batches, always under ``CACHE_KEY_PREFIX``: never KEYS, never FLUSHDB, so the Celery broker
+and beat schedule in the same Redis survive. On a Cluster every primary is visited.
 """
 
 from __future__ import annotations
@@ -12,60 +12,132 @@ import logging
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
 
 from app.cache.device_cache import DeviceCache
 from app.errors import APIError
+from app.redis_topology import REDIS_ERRORS
 from app.timeutil import isoformat, parse_iso, utcnow_ms
 
 log = logging.getLogger("app.cache")
 
 SCAN_COUNT = 1000
 UNLINK_BATCH = 500
-MAX_COUNT_SCANS = 200  # /cache/stats counts at most ~200k keys, then reports null
+MAX_COUNT_SCANS = 200  # /cache/stats counts at most ~200k keys per primary, then reports null
+INFO_FIELDS = ("keyspace_hits", "keyspace_misses", "evicted_keys")
 
 
 def cache_unavailable() -> APIError:
     return APIError(503, "cache_unavailable", "the cache's Redis is unreachable")
 
 
-def _unlink_matching(client: Redis, match: str, prefix: bytes) -> int:
+def _unlink_matching(dc: DeviceCache, name: str, node: Redis, match: str) -> int:
+    """UNLINK what SCAN finds on one primary (one key per command: on a Cluster the keys of a
+    batch may sit in different slots). Drops that no replica acknowledged are retried by the
+    cache's background thread, like a failed invalidation."""
+    prefix = dc.prefix.encode()
     deleted, batch = 0, []
-    for key in client.scan_iter(match=match, count=SCAN_COUNT):
+
+    def unlink(keys: list[bytes]) -> int:
+        replies, durable = dc.replicas.write(name, node, lambda pipe: [pipe.unlink(key) for key in keys])
+        if not durable:
+            dc.invalidator.defer(key.decode() for key in keys)
+        return sum(replies)
+
+    for key in node.scan_iter(match=match, count=SCAN_COUNT):
         if key.startswith(prefix):  # the glob can never reach outside the prefix
             batch.append(key)
         if len(batch) >= UNLINK_BATCH:
-            deleted += client.unlink(*batch)
+            deleted += unlink(batch)
             batch = []
     if batch:
-        deleted += client.unlink(*batch)
+        deleted += unlink(batch)
     return deleted
 
 
+def available(dc: DeviceCache) -> None:
+    """503 at once while this process knows Redis is down (its breaker is open): an admin call
+    would only wait out its timeouts on every node."""
+    if not dc.breaker.allow():
+        raise cache_unavailable()
+
+
+def failed(dc: DeviceCache, exc: BaseException) -> None:
+    """An admin call that found Redis down opens the breaker at once (it waited seconds for it)."""
+    log.warning("cache admin operation failed: %s", exc)
+    dc.admin_failed(exc)
+
+
 def delete_matching(dc: DeviceCache, pattern: str) -> int:
-    """UNLINK every key under the prefix that matches the glob; returns how many."""
-    client = dc.admin_client()
-    prefix = dc.prefix.encode()
+    """UNLINK every key under the prefix that matches the glob, on every primary; how many."""
+    available(dc)
     try:
-        # Locks first: in-flight fills of those keys lose their token, so they cannot write back
-        # behind the value pass (the other order lets a fill finishing in between survive).
-        # The count is of keys removed, fill locks included (so clear's is every key under the prefix).
-        deleted = _unlink_matching(client, f"{dc.prefix}lock:{pattern}", prefix)
-        deleted += _unlink_matching(client, dc.prefix + pattern, prefix)
-    except RedisError as exc:
-        log.warning("cache admin operation failed: %s", exc)
+        deleted = 0
+        for name, node in dc.topology.primaries(dc.admin_client()):
+            # Locks first: in-flight fills of those keys lose their token, so they cannot write back
+            # behind the value pass (the other order lets a fill finishing in between survive).
+            # The count is of keys removed, fill locks included (so clear's is every key under the prefix).
+            deleted += _unlink_matching(dc, name, node, dc.keys.lock_glob(pattern))
+            deleted += _unlink_matching(dc, name, node, dc.keys.value(pattern))
+    except REDIS_ERRORS as exc:
+        failed(dc, exc)
         raise cache_unavailable() from None
     return deleted
 
 
-def count_keys(client: Redis, prefix: str) -> int | None:
-    cursor, count = 0, 0
-    for _ in range(MAX_COUNT_SCANS):
-        cursor, keys = client.scan(cursor=cursor, match=prefix + "*", count=SCAN_COUNT)
-        count += len(keys)
-        if cursor == 0:
-            return count
-    return None
+def count_keys(dc: DeviceCache, client: Any) -> int | None:
+    """Keys under the prefix over every primary; None past ``MAX_COUNT_SCANS`` on one of them."""
+    total = 0
+    for _, node in dc.topology.primaries(client):
+        cursor, count = 0, 0
+        for _ in range(MAX_COUNT_SCANS):
+            cursor, keys = node.scan(cursor=cursor, match=dc.prefix + "*", count=SCAN_COUNT)
+            count += len(keys)
+            if cursor == 0:
+                break
+        else:
+            return None
+        total += count
+    return total
+
+
+def human_bytes(size: int) -> str:
+    """As Redis writes ``used_memory_human`` (1024-based, two decimals)."""
+    for unit in ("B", "K", "M", "G", "T"):
+        if size < 1024 or unit == "T":
+            return f"{size}{unit}" if unit == "B" else f"{size:.2f}{unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def redis_info(dc: DeviceCache, client: Any) -> dict[str, Any]:
+    """Redis's own figures: of the one primary, or on a Cluster summed over the primaries
+    (``figures`` says so) with each primary's beside them in ``nodes``."""
+    infos = [(name, node.info()) for name, node in dc.topology.primaries(client)]
+    nodes = [
+        {
+            "node": name,
+            "version": info.get("redis_version"),
+            "used_memory": info.get("used_memory", 0),
+            "used_memory_human": info.get("used_memory_human"),
+            **{field: info.get(field, 0) for field in INFO_FIELDS},
+            "maxmemory_policy": info.get("maxmemory_policy"),
+        }
+        for name, info in infos
+    ]
+    if dc.topology.kind != "cluster":
+        return {"topology": dc.topology.kind, **{k: v for k, v in nodes[0].items() if k != "node"}}
+    policies = {node["maxmemory_policy"] for node in nodes}
+    used = sum(node["used_memory"] for node in nodes)
+    return {
+        "topology": "cluster",
+        "figures": f"summed over {len(nodes)} primaries",
+        "version": min((node["version"] for node in nodes), default=None),
+        "used_memory": used,
+        "used_memory_human": human_bytes(used),
+        **{field: sum(node[field] for node in nodes) for field in INFO_FIELDS},
+        "maxmemory_policy": policies.pop() if len(policies) == 1 else "mixed",
+        "nodes": nodes,
+    }
 
 
 def stats(dc: DeviceCache, stats_interval: int) -> dict[str, Any]:
@@ -79,22 +151,18 @@ def stats(dc: DeviceCache, stats_interval: int) -> dict[str, Any]:
         "breaker": {"open": dc.breaker.is_open},
     }
     try:
+        available(dc)
         dc.flush()  # this process's buffer, so what the caller just did is counted
-        info = client.info()
-        body["redis"] = {
-            "reachable": True,
-            "version": info.get("redis_version"),
-            "used_memory_human": info.get("used_memory_human"),
-            "keyspace_hits": info.get("keyspace_hits"),
-            "keyspace_misses": info.get("keyspace_misses"),
-            "evicted_keys": info.get("evicted_keys"),
-            "maxmemory_policy": info.get("maxmemory_policy"),
-        }
-        body["keys"]["count"] = count_keys(client, dc.prefix)
+        info = redis_info(dc, client)
+        info.pop("used_memory", None)
+        body["redis"] = {"reachable": True, **info}
+        body["keys"]["count"] = count_keys(dc, client)
         body["lookups"]["device"] = {**dc.counters(), "scope": "all replicas"}
         body["collector"] = collector_state(dc, client, stats_interval)
-    except RedisError as exc:
-        log.info("cache stats without Redis: %s", exc.__class__.__name__)
+    except (*REDIS_ERRORS, APIError) as exc:
+        if not isinstance(exc, APIError):
+            failed(dc, exc)
+        body["redis"] = {"reachable": False}
         local = dc.pending_counts()
         looked_up = local["hits"] + local["misses"]
         body["lookups"]["device"] = {
@@ -105,7 +173,7 @@ def stats(dc: DeviceCache, stats_interval: int) -> dict[str, Any]:
     return body
 
 
-def collector_state(dc: DeviceCache, client: Redis, stats_interval: int) -> dict[str, Any]:
+def collector_state(dc: DeviceCache, client: Any, stats_interval: int) -> dict[str, Any]:
     """When the stats task last ran; ``stale`` when beat (or every worker) seems dead."""
     last_run, warmed = client.mget(dc.meta + "collector:last_run", dc.meta + "warmer:last_run")
     state: dict[str, Any] = {"last_run": last_run.decode() if last_run else None, "stale": True}
@@ -120,7 +188,7 @@ def collect_snapshot(dc: DeviceCache, history_size: int) -> dict[str, Any]:
     """Append one snapshot of the counters, key count and Redis's memory to the capped history."""
     client = dc.admin_client()
     dc.flush()
-    info = client.info()
+    info = redis_info(dc, client)
     counters = dc.counters()
     snapshot = {
         "at": isoformat(utcnow_ms()),
@@ -129,23 +197,25 @@ def collect_snapshot(dc: DeviceCache, history_size: int) -> dict[str, Any]:
         "loads": counters["loads"],
         "errors": counters["errors"],
         "hit_ratio": counters["hit_ratio"],
-        "keys": count_keys(client, dc.prefix),
-        "used_memory": info.get("used_memory"),
-        "keyspace_hits": info.get("keyspace_hits"),
-        "keyspace_misses": info.get("keyspace_misses"),
-        "evicted_keys": info.get("evicted_keys"),
+        "keys": count_keys(dc, client),
+        "used_memory": info["used_memory"],
+        **{field: info[field] for field in INFO_FIELDS},
     }
-    pipe = client.pipeline(transaction=True)
-    pipe.rpush(dc.meta + "stats:history", json.dumps(snapshot))
-    pipe.ltrim(dc.meta + "stats:history", -history_size, -1)
-    pipe.set(dc.meta + "collector:last_run", snapshot["at"])
+    history_key, last_run_key = dc.meta + "stats:history", dc.meta + "collector:last_run"
+    [(_, (node, _))] = dc.topology.by_slot(client, [history_key, last_run_key]).items()  # one slot
+    pipe = node.pipeline(transaction=True)
+    pipe.rpush(history_key, json.dumps(snapshot))
+    pipe.ltrim(history_key, -history_size, -1)
+    pipe.set(last_run_key, snapshot["at"])
     pipe.execute()
     return snapshot
 
 
 def history(dc: DeviceCache, limit: int) -> list[dict[str, Any]]:
+    available(dc)
     try:
         raw = dc.admin_client().lrange(dc.meta + "stats:history", -limit, -1)
-    except RedisError:
+    except REDIS_ERRORS as exc:
+        failed(dc, exc)
         raise cache_unavailable() from None
     return [json.loads(item) for item in raw]

@@ -11,10 +11,11 @@ import time
 from typing import Any
 
 from flask import current_app
-from redis.exceptions import RedisError
 
-from app.cache.device_cache import DeviceCache, device_key, pair_of
+from app.cache.device_cache import DeviceCache
+from app.cache.keys import device_key, pair_of
 from app.cache.locks import run_lock
+from app.redis_topology import REDIS_ERRORS
 from app.timeutil import isoformat, utcnow_ms
 
 DECAY = """
@@ -73,7 +74,7 @@ def warm_hot_devices(limit: int | None = None) -> dict[str, Any]:
             pairs = hottest(dc, limit)
             pipe = dc.client.pipeline(transaction=False)
             for device_id, device_name in pairs:
-                pipe.pttl(dc.prefix + device_key(device_id, device_name))
+                pipe.pttl(dc.keys.value(device_key(device_id, device_name)))
             remaining = pipe.execute() if pairs else []
             threshold_ms = refresh_below(config) * 1000
             due = [pair for pair, ttl in zip(pairs, remaining, strict=True) if ttl < threshold_ms]
@@ -82,7 +83,7 @@ def warm_hot_devices(limit: int | None = None) -> dict[str, Any]:
             for name in result:
                 result[name] += refreshed[name]
             dc.client.set(dc.meta + "warmer:last_run", isoformat(utcnow_ms()))
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         result["errors"] += 1
         result["error"] = exc.__class__.__name__
     # The loads counted by refresh(): a worker serves no lookups, so no flusher thread sends them.

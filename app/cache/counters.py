@@ -1,0 +1,99 @@
+"""The cache's own counters and hotness, buffered in the process and added to Redis in batches.
+
+A lookup only bumps in-process counters (no extra round trip); the cache's background thread
+sends them every ``CACHE_FLUSH_INTERVAL`` seconds in one script call. Each batch is numbered:
+a batch whose reply was lost (Redis applied it, the client timed out) is resent as is, and its
+number makes the resend a no-op, so a lookup is never lost nor counted twice. When the primary
+has replicas, a batch counts as sent only once a replica has acknowledged it (``WAIT``), so a
+failover cannot drop counts that were already taken off the buffer.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import Counter
+from typing import Any
+
+from app.cache.keys import KeySpace
+from app.cache.replicas import Replicas
+from app.redis_topology import Topology
+
+COUNTERS = ("hits", "misses", "loads", "errors")
+MAX_BUFFERED_PAIRS = 10_000
+
+# KEYS: stats hash, hot set, this process's last batch number. ARGV: batch number, how many
+# counters, the hot set's bound, then counter/amount pairs and hot key/amount pairs.
+FLUSH = """
+local seq = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[3]) or '0') >= seq then return 0 end
+redis.call('SET', KEYS[3], ARGV[1], 'EX', 86400)
+local n = tonumber(ARGV[2])
+for i = 4, 3 + 2 * n, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 4 + 2 * n, #ARGV, 2 do redis.call('ZINCRBY', KEYS[2], ARGV[i + 1], ARGV[i]) end
+-- keep the hot set bounded between warm-ups: only the ARGV[3] hottest pairs stay
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
+return 1
+"""
+
+
+class CounterBuffer:
+    def __init__(self, topology: Topology, keys: KeySpace, hot_max: int, replicas: Replicas) -> None:
+        self.topology = topology
+        self.keys = keys
+        self.hot_max = hot_max
+        self.replicas = replicas
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """Fresh buffers and a fresh batch token: a forked child never resends its parent's counts."""
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one batch on the wire at a time, resent in order
+        self._counts: Counter[str] = Counter()
+        self._hot: Counter[str] = Counter()
+        self._token = secrets.token_hex(8)
+        self._seq = 0
+        self._unsent: tuple[int, Counter[str], Counter[str]] | None = None
+
+    def count(self, name: str, key: str | None = None) -> None:
+        with self._lock:
+            self._counts[name] += 1
+            if key is not None and (key in self._hot or len(self._hot) < MAX_BUFFERED_PAIRS):
+                self._hot[key] += 1
+
+    def pending(self) -> dict[str, int]:
+        """What this process counted that Redis does not have yet."""
+        unsent = self._unsent
+        with self._lock:
+            return {name: self._counts[name] + (unsent[1][name] if unsent else 0) for name in COUNTERS}
+
+    def flush(self, client: Any) -> None:
+        """Send the unsent batch, then the current buffer; raise (keeping the batch) on failure."""
+        with self._flush_lock:
+            for _ in range(2):
+                batch = self._unsent
+                if batch is None:
+                    with self._lock:
+                        counts, self._counts = self._counts, Counter()
+                        hot, self._hot = self._hot, Counter()
+                    if not counts and not hot:
+                        return
+                    self._seq += 1
+                    batch = self._unsent = (self._seq, counts, hot)
+                if not self._send(client, *batch):
+                    return  # applied, but no replica has it yet: resent (as a no-op) next time
+                self._unsent = None
+
+    def _send(self, client: Any, seq: int, counts: Counter[str], hot: Counter[str]) -> bool:
+        args: list[Any] = [seq, len(counts), self.hot_max]
+        for name, amount in counts.items():
+            args += (name, amount)
+        for key, amount in hot.items():
+            args += (key, amount)
+        keys = [
+            self.keys.meta + "stats:device",
+            self.keys.meta + "hot:device",
+            f"{self.keys.meta}flushed:{self._token}",
+        ]
+        [(name, (node, _))] = self.topology.by_slot(client, keys).items()  # one slot: one primary
+        return self.replicas.write(name, node, lambda pipe: pipe.eval(FLUSH, len(keys), *keys, *args))[1]

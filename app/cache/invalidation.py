@@ -1,0 +1,78 @@
+"""Invalidation: dropping cached lookups from Redis, a correctness operation.
+
+It is attempted against Redis whatever the circuit breaker says (bounded by the same short
+timeouts), and made durable (see ``replicas.py``). Keys that could not be dropped, or whose
+drop no replica acknowledged, stay pending: the cache's background thread retries them every
+``CACHE_PROBE_INTERVAL``, and this process reads nothing from Redis while any are pending (it
+would read the entries it failed to drop). The remaining window is documented in
+docs/DEPLOY.md: a process cut off from Redis while others reach it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from app.cache.replicas import Replicas
+from app.redis_topology import REDIS_ERRORS, Topology
+
+
+class Invalidator:
+    def __init__(self, topology: Topology, client: Any, replicas: Replicas, on_error: Callable[[BaseException], None]):
+        self.topology = topology
+        self.client = client
+        self.replicas = replicas
+        self.on_error = on_error  # counts the error and tells the breaker
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()  # the hot path reads this attribute: empty means nothing pending
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def unlink(self, keys: Iterable[str]) -> bool:
+        """Drop these keys now; False when some are left pending for the background retry."""
+        failed = self._apply(set(keys))
+        if failed:
+            with self._lock:
+                self._pending |= failed
+        return not failed
+
+    def defer(self, keys: Iterable[str]) -> None:
+        """Keys dropped on the primary but not yet on a replica (admin routes): retried like ours."""
+        with self._lock:
+            self._pending.update(keys)
+
+    def retry(self) -> bool:
+        """Drop the pending keys (the background thread); whether none is left."""
+        with self._lock:
+            keys = set(self._pending)
+        if not keys:
+            return True
+        failed = self._apply(keys)
+        with self._lock:
+            # Keys added meanwhile stay; those applied now leave.
+            self._pending -= keys - failed
+            return not self._pending
+
+    def _apply(self, keys: set[str]) -> set[str]:
+        """UNLINK on every primary concerned (one pipeline each); the keys not durably dropped."""
+        failed: set[str] = set()
+        try:
+            groups = self.topology.by_slot(self.client, keys)
+        except REDIS_ERRORS as exc:
+            self.on_error(exc)
+            return keys
+        for name, (node, slots) in groups.items():
+            try:
+                durable = self.replicas.write(name, node, lambda pipe, slots=slots: [pipe.unlink(*s) for s in slots])[1]
+            except REDIS_ERRORS as exc:
+                self.on_error(exc)
+                durable = False
+            if not durable:
+                failed.update(key for slot in slots for key in slot)
+        return failed

@@ -1,0 +1,49 @@
+"""Names of the device cache's keys in Redis.
+
+Under ``CACHE_KEY_PREFIX`` (what ``/cache/clear`` and ``/cache/invalidate`` walk):
+  ``device:<device_id>|<device_name>``               a lookup (the spec's patterns match it)
+  ``lock:{<prefix>device:<device_id>|<device_name>}`` its fill lock
+Bookkeeping, beside the prefix so ``/cache/clear`` keeps it (``meta:{<prefix>}…``):
+  ``stats:device``, ``hot:device``, ``hot:decayed_at``, ``stats:history``, ``flushed:<token>``,
+  ``collector:last_run``, ``warmer:last_run``, ``lock:warm``, ``lock:stats``; and the
+  breaker's probe ``meta:<prefix>probe{<n>}`` (one per primary, one second each).
+
+On a Redis Cluster a script or transaction must touch one slot. A lock's hash tag is its value
+key (which has no braces, so its slot is that of the whole key): lock and value share a slot
+without renaming the value keys. The bookkeeping keys share the tag ``{<prefix>}``.
+"""
+
+from __future__ import annotations
+
+Pair = tuple[str, str]
+
+
+def device_key(device_id: str, device_name: str) -> str:
+    return f"device:{device_id}|{device_name}"
+
+
+def pair_of(key: str) -> Pair:
+    device_id, _, device_name = key.removeprefix("device:").partition("|")
+    return device_id, device_name
+
+
+class KeySpace:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.meta = f"meta:{{{prefix}}}"
+
+    @property
+    def probe(self) -> str:
+        """The key the circuit breaker's probe writes (1 s TTL), without braces: the topology
+        adds a hash tag per primary."""
+        return f"meta:{self.prefix}probe"
+
+    def value(self, key: str) -> str:
+        return self.prefix + key
+
+    def lock(self, key: str) -> str:
+        return f"{self.prefix}lock:{{{self.prefix}{key}}}"
+
+    def lock_glob(self, pattern: str) -> str:
+        """The fill locks of the values a glob (relative to the prefix) matches."""
+        return self.lock(pattern)

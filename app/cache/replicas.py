@@ -1,0 +1,83 @@
+"""Writes that must survive a failover: an invalidation, a batch of counters.
+
+Redis replicates asynchronously, so a primary that fails right after a write can be replaced
+by a replica that never saw it: an UNLINK undone brings a stale lookup back. After such a
+write we send ``WAIT 1 <CACHE_REPLICA_WAIT_MS>`` on the same connection (one pipeline) when
+the primary has replicas, and call the write done only once a replica has acknowledged it.
+Whether a primary has replicas is read from ``INFO replication`` and kept a few seconds.
+
+A primary that had replicas and suddenly has none may be the losing side of a failover (a
+Sentinel failover detaches the promoted replica first, and demotes the old master up to ten
+seconds later; what it is sent meanwhile is lost). Writes to it count as durable only once it
+has had no replicas for ``LOST_GRACE`` seconds; until then they are retried, and the retry
+asks the topology again where the primary is.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis import Redis
+
+REPLICAS_TTL = 5.0  # seconds a primary's replica count is trusted
+LOST_GRACE = 10.0  # seconds a primary that lost its replicas is suspected of being demoted
+
+
+class _Primary:
+    __slots__ = ("count", "expires", "lost_at")
+
+    def __init__(self, count: int, expires: float, lost_at: float | None) -> None:
+        self.count, self.expires, self.lost_at = count, expires, lost_at
+
+
+class Replicas:
+    def __init__(self, wait_ms: int) -> None:
+        self.wait_ms = wait_ms
+        self._lock = threading.Lock()
+        self._known: dict[str, _Primary] = {}
+
+    def count(self, name: str, node: Redis, fresh: bool = False) -> int:
+        """Replicas connected to this primary (``name`` as the topology names it: its address)."""
+        known = self._known.get(name)
+        now = time.monotonic()
+        if known is not None and not fresh and known.expires > now:
+            return known.count
+        connected = int(node.info("replication").get("connected_slaves", 0))
+        with self._lock:
+            known = self._known.get(name)
+            lost_at = known.lost_at if known is not None and not connected else None
+            if known is not None and known.count and not connected:
+                lost_at = now
+            self._known[name] = _Primary(connected, now + REPLICAS_TTL, lost_at)
+        return connected
+
+    def _settled_alone(self, name: str) -> bool:
+        """No replica to fail over to, and not for a moment only (see the module's docstring)."""
+        known = self._known.get(name)
+        return known is None or known.lost_at is None or time.monotonic() - known.lost_at >= LOST_GRACE
+
+    def forget(self) -> None:
+        """After an outage or a failover the primaries may have changed."""
+        with self._lock:
+            self._known.clear()
+
+    def write(self, name: str, node: Redis, add: Callable[[Any], object]) -> tuple[list[Any], bool]:
+        """Run the commands ``add`` puts in a pipeline on this primary: (their replies, durable).
+
+        Not durable: applied on the primary, but no replica acknowledged them in time (the
+        caller retries; the commands must be idempotent). Raises what Redis raised.
+        """
+        replicas = self.count(name, node)
+        pipe = node.pipeline(transaction=False)
+        add(pipe)
+        if replicas:
+            pipe.execute_command("WAIT", 1, self.wait_ms)
+        replies = pipe.execute()
+        if not replicas:
+            return replies, self._settled_alone(name)
+        if replies.pop() >= 1:
+            return replies, True
+        return replies, self.count(name, node, fresh=True) == 0 and self._settled_alone(name)

@@ -1,0 +1,188 @@
+"""Failover is a non-event: on Sentinel and on Cluster (topologies with replicas).
+
+An invalidation waits for a replica's acknowledgement (WAIT on its own connection), so a
+failover right after its response cannot bring the old entry back; under load, a failover
+costs no 5xx and no wrong answer, hits resume within seconds and the counters stay exact.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+import redis
+
+from tests.conftest import create_user, register
+from tests.helpers import push
+
+pytestmark = pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
+
+WAIT = 20
+
+
+def wait_until(condition, seconds: float = WAIT) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def chain(app, device_id: str, device_name: str = "room"):
+    response = app.test_client().get(f"/api/v1/devices/{device_id}/{device_name}")
+    return response.get_json()["chain"] if response.status_code == 200 else response.status_code
+
+
+class Monitor(threading.Thread):
+    """MONITOR on one Redis node: every command it runs, with the connection that sent it."""
+
+    def __init__(self, node: redis.Redis):
+        super().__init__(daemon=True)
+        self.node = node
+        self.commands: list[tuple[str, str]] = []
+        self.ready = threading.Event()
+        self.halt = threading.Event()
+        self.start()
+        assert self.ready.wait(WAIT)
+
+    def run(self) -> None:
+        with self.node.monitor() as monitor:
+            self.ready.set()
+            while not self.halt.is_set():
+                command = monitor.next_command()
+                self.commands.append((f"{command['client_address']}:{command['client_port']}", command["command"]))
+
+    def stop(self) -> list[tuple[str, str]]:
+        self.halt.set()
+        self.node.ping()  # wakes the monitor's read
+        self.join(WAIT)
+        return self.commands
+
+
+def test_invalidation_waits_for_a_replica_on_the_connection_that_dropped_the_keys(app, client, redis_alive, settings):
+    owner = create_user(app, "owner")
+    register(client, owner, "dev-1", "room")
+    assert chain(app, "dev-1") == ["dev-1"]
+    entry = settings["CACHE_KEY_PREFIX"] + "device:dev-1|room"
+    monitor = Monitor(redis_alive.primary_of(entry).client())
+    try:
+        register(client, owner, "dev-2", "room")
+    finally:
+        commands = monitor.stop()
+    unlinks = [(conn, cmd) for conn, cmd in commands if cmd.startswith("UNLINK") and entry in cmd]
+    assert unlinks, commands
+    conn = unlinks[0][0]
+    after = [cmd for c, cmd in commands[commands.index(unlinks[0]) + 1 :] if c == conn]
+    while after and after[0].startswith("UNLINK"):  # the keys of other slots on the same primary
+        after.pop(0)
+    assert after and after[0].startswith("WAIT 1 "), commands
+
+
+def test_a_drop_no_replica_acknowledges_stays_pending_and_redis_unread_until_one_does(
+    app, client, redis_alive, settings, raw
+):
+    owner = create_user(app, "owner")
+    register(client, owner, "dev-1", "room")
+    assert chain(app, "dev-1") == ["dev-1"]
+    entry = settings["CACHE_KEY_PREFIX"] + "device:dev-1|room"
+    dc = app.extensions["device_cache"]
+    replica = redis_alive.replica_of(entry)
+    replica.pause()
+    try:
+        register(client, owner, "dev-2", "room")  # the primary drops it; the replica cannot say so
+        assert not raw.exists(entry)
+        assert dc.invalidator.pending
+        assert chain(app, "dev-1") == ["dev-1", "dev-2"]  # from MongoDB: this process waits for the ack
+    finally:
+        replica.resume()
+    assert wait_until(lambda: not dc.invalidator.pending)
+    assert chain(app, "dev-1") == ["dev-1", "dev-2"]
+
+
+def test_invalidation_survives_a_failover_right_after_its_response(replicas, redis_alive, settings):
+    a, b = replicas
+    owner = create_user(a, "owner")
+    register(a.test_client(), owner, "dev-1", "room")
+    assert chain(a, "dev-1") == chain(b, "dev-1") == ["dev-1"]  # cached, on the primary and its replica
+    register(a.test_client(), owner, "dev-2", "room")
+    try:
+        redis_alive.fail_primary(settings["CACHE_KEY_PREFIX"] + "device:dev-1|room")
+        for _ in range(20):
+            assert chain(b, "dev-1") == ["dev-1", "dev-2"]  # never the old value
+            time.sleep(0.05)
+    finally:
+        redis_alive.settle()
+    assert chain(b, "dev-1") == chain(a, "dev-1") == ["dev-1", "dev-2"]
+
+
+class Load(threading.Thread):
+    """Lookups and pushes through one replica until stopped: statuses, wrong answers, loads."""
+
+    def __init__(self, app, devices: dict[str, dict], expected: dict[str, list[str]]):
+        super().__init__(daemon=True)
+        self.app, self.devices, self.expected = app, devices, expected
+        self.statuses: Counter[int] = Counter()
+        self.wrong: list[tuple[str, object]] = []
+        self.requests = 0
+        self.halt = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        client, names = self.app.test_client(), sorted(self.devices)
+        while not self.halt.is_set():
+            device_id = names[self.requests % len(names)]
+            device_name = self.devices[device_id]["device_name"]
+            if self.requests % 5 == 4:
+                response = push(client, self.devices[device_id], device_id, device_name, {"temp": 20})
+            else:
+                response = client.get(f"/api/v1/devices/{device_id}/{device_name}")
+                if response.status_code == 200 and response.get_json()["chain"] != self.expected[device_id]:
+                    self.wrong.append((device_id, response.get_json()))
+            self.statuses[response.status_code] += 1
+            self.requests += 1  # each request is one cached lookup
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(WAIT)
+
+
+def test_failover_under_load_costs_no_error_and_hits_resume_within_seconds(replicas, redis_alive, settings):
+    a, b = replicas
+    owner = create_user(a, "owner")
+    devices = {f"d{i}": register(a.test_client(), owner, f"d{i}", f"room {i}") for i in range(8)}
+    expected = {device_id: [device_id] for device_id in devices}
+    caches = [app.extensions["device_cache"] for app in replicas]
+    for dc in caches:
+        dc.flush()
+    before = caches[0].counters()
+    loads: list[float] = []
+    for dc in caches:
+        real = dc.loader
+        dc.loader = lambda device_id, device_name, real=real: (
+            loads.append(time.monotonic()) or real(device_id, device_name)
+        )
+
+    loads_before = len(loads)
+    workers = [Load(app, devices, expected) for app in (a, b, a, b)]
+    try:
+        time.sleep(1)
+        promoted = redis_alive.fail_primary(settings["CACHE_KEY_PREFIX"] + "device:d0|room 0")
+        time.sleep(12)
+    finally:
+        for worker in workers:
+            worker.stop()
+        redis_alive.settle()
+
+    statuses = sum((w.statuses for w in workers), Counter())
+    assert set(statuses) <= {200, 201}, statuses  # not one 5xx, nor anything else
+    assert [w.wrong for w in workers] == [[], [], [], []]
+    late_loads = [t for t in loads[loads_before:] if t > promoted + 10]
+    assert late_loads == [], f"{len(late_loads)} MongoDB loads more than 10 s after the promotion"
+    assert wait_until(lambda: all(dc.pending_counts()["hits"] + dc.pending_counts()["misses"] == 0 for dc in caches
+                                  if not dc.flush()))  # fmt: skip
+    after = caches[0].counters()
+    looked_up = (after["hits"] - before["hits"]) + (after["misses"] - before["misses"])
+    assert looked_up == sum(w.requests for w in workers)  # every lookup counted once, none lost
