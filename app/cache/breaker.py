@@ -10,6 +10,8 @@ import logging
 import threading
 import time
 
+from app import metrics
+
 log = logging.getLogger("app.cache")
 
 
@@ -42,6 +44,7 @@ class CircuitBreaker:
             self._failures += 1
             if self._opened_at is None and self._failures >= self.threshold:
                 self._opened_at = time.monotonic()
+                metrics.breaker_changed(True)
                 log.warning(
                     "cache disabled: Redis failed %d times in a row (%s); serving from MongoDB, probing every %.0fs",
                     self._failures,
@@ -56,10 +59,12 @@ class CircuitBreaker:
                 log.warning("cache disabled: Redis unreachable (%s); serving from MongoDB", exc.__class__.__name__)
             self._failures = max(self._failures, self.threshold)
             self._opened_at = time.monotonic()
+            metrics.breaker_changed(True)
 
     def close(self) -> None:
         with self._lock:
             if self._opened_at is not None:
                 log.warning("cache enabled: Redis reachable again")
+                metrics.breaker_changed(False)
             self._failures = 0
             self._opened_at = None

@@ -35,6 +35,7 @@ from flask_caching.backends.rediscache import RedisCache
 from redis import Redis
 from redis.exceptions import RedisError
 
+from app import metrics
 from app.cache.breaker import CircuitBreaker
 from app.devices.lookup import SCHEMA_VERSION
 
@@ -136,8 +137,10 @@ class DeviceCache:
         """The lookup: one GET when warm; on a miss one loader per key across all replicas."""
         self._ensure_flusher()
         key = device_key(device_id, device_name)
-        value = self._read(key) if self.breaker.allow() else None
+        allowed = self.breaker.allow()
+        value = self._read(key) if allowed else None
         self._count("hits" if value is not None else "misses", key)
+        metrics.note_cache_result("hit" if value is not None else "miss" if allowed else "bypass")
         if value is not None:
             return value
         return self._fill(key, device_id, device_name)
@@ -227,7 +230,8 @@ class DeviceCache:
 
     def _load(self, device_id: str, device_name: str) -> dict[str, Any]:
         self._count("loads")
-        return self.loader(device_id, device_name)
+        with metrics.load_timer():
+            return self.loader(device_id, device_name)
 
     def _lock_key(self, key: str) -> str:
         return f"{self.prefix}lock:{key}"
@@ -263,7 +267,8 @@ class DeviceCache:
         if not mine:
             return result
         self._count("loads")  # one MongoDB query for the whole batch
-        values = self.batch_loader([pairs[i] for i in mine])
+        with metrics.load_timer():
+            values = self.batch_loader([pairs[i] for i in mine])
         pipe = self.client.pipeline(transaction=False)
         for i, value in zip(mine, values, strict=True):
             ttl = self.ttl if value["found"] else self.negative_ttl
@@ -290,6 +295,7 @@ class DeviceCache:
             keys.update((self.prefix + key, self._lock_key(key)))
         if not keys:
             return
+        metrics.cache_invalidated(len(keys) // 2)  # two keys per pair: the lookup and its fill lock
         error: RedisError | None = None
         if self.breaker.allow():
             try:
@@ -307,6 +313,7 @@ class DeviceCache:
     # -- counters, hotness and the background flusher -------------------------------------
 
     def _count(self, name: str, key: str | None = None) -> None:
+        metrics.cache_event(name)
         with self._lock:
             self._counts[name] += 1
             if key is not None and (key in self._hot or len(self._hot) < MAX_BUFFERED_PAIRS):
