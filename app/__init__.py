@@ -70,10 +70,11 @@ def register_blueprints(app: Flask) -> None:
     from app.devices.views import bp as devices_bp
     from app.health.views import bp as health_bp
     from app.keys.views import bp as keys_bp
+    from app.monitoring.dashboard import bp as dashboard_bp
     from app.monitoring.views import bp as monitoring_bp
     from app.readings.views import bp as readings_bp
 
-    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp, monitoring_bp):
+    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp, monitoring_bp, dashboard_bp):
         app.register_blueprint(bp)
 
 
