@@ -56,11 +56,6 @@ def on_exit(server: Any) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# --- defaults of this service (the command line may override them) -----------------------------
-accesslog = "-"
-errorlog = "-"
-
-
 # --- LOG_FORMAT=json -------------------------------------------------------------------------------
 class _Json(JsonFormatter):
     """app/logging.py's JsonFormatter, rebuilt without importing the app (tests keep them equal)."""

@@ -60,6 +60,7 @@ def get(url: str, headers: dict | None = None) -> int:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as response:
             return response.status
     except urllib.error.HTTPError as exc:
+        exc.close()
         return exc.code
 
 
