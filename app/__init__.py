@@ -15,16 +15,18 @@ from app.devices.lookup import load_device, load_devices
 from app.errors import register_error_handlers
 from app.extensions import cache, mongo
 from app.logging import configure_logging
+from app.metrics import register_metrics
 from app.redis_topology import Topology, client_options
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     config = load_config(overrides)
-    configure_logging(config["LOG_LEVEL"])
+    configure_logging(config["LOG_LEVEL"], config["LOG_FORMAT"])
     app = Flask(__name__, static_folder=None)
     app.config.update(config)
     app.json.sort_keys = False
     register_extensions(app)
+    register_metrics(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_commands(app)
@@ -56,9 +58,11 @@ def register_blueprints(app: Flask) -> None:
     from app.devices.views import bp as devices_bp
     from app.health.views import bp as health_bp
     from app.keys.views import bp as keys_bp
+    from app.monitoring.dashboard import bp as dashboard_bp
+    from app.monitoring.views import bp as monitoring_bp
     from app.readings.views import bp as readings_bp
 
-    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp):
+    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp, monitoring_bp, dashboard_bp):
         app.register_blueprint(bp)
 
 

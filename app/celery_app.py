@@ -67,6 +67,9 @@ def celery_init_app(app: Flask) -> Celery:
         task_publish_retry=False,
         broker_connection_timeout=1.0,
         beat_schedule=beat_schedule(app.config),
+        # Task events for the Prometheus exporter of Celery (prometheus-exporter-celery, docs/DEPLOY.md).
+        worker_send_task_events=True,
+        task_send_sent_event=True,
     )
     celery.set_default()
     app.extensions["celery"] = celery

@@ -120,6 +120,28 @@ def _log_level(name: str, raw: str) -> str:
     return level
 
 
+def _flag(name: str, raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return value in ("true", "1", "yes", "on")
+
+
+def _optional_token(name: str, raw: str) -> str | None:
+    """A shared secret; empty means unset (a blank line in .env must not mean "the empty token")."""
+    if not raw:
+        return None
+    if any(c.isspace() for c in raw) or not raw.isprintable():
+        raise ConfigError(f"{name} must be printable without spaces")
+    return raw
+
+
+def _log_format(name: str, raw: str) -> str:
+    if raw.lower() not in ("text", "json"):
+        raise ConfigError(f"{name} must be text or json, got {raw!r}")
+    return raw.lower()
+
+
 def broker_url_from(redis_url: str) -> str:
     """The spec's default broker: the cache's Redis server, database 1."""
     parts = urlsplit(redis_url)
@@ -161,6 +183,10 @@ SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
     "HOT_MAX_DEVICES": ("10000", _positive_int),
     "CELERY_BROKER_SENTINEL_MASTER": (None, _text),  # default: REDIS_SENTINEL_MASTER
     "CELERY_QUEUE": ("celery", _text),
+    # Operations (issue 9): Prometheus metrics and log format.
+    "METRICS_ENABLED": ("true", _flag),
+    "METRICS_TOKEN": ("", _optional_token),
+    "LOG_FORMAT": ("text", _log_format),
 }
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TOPOLOGIES = ("REDIS_URL", "REDIS_SENTINELS", "REDIS_CLUSTER_NODES")

@@ -193,6 +193,22 @@ def start_gunicorn(group: Group, env: dict, workdir: Path, name: str) -> tuple[s
     return proc, base
 
 
+def bench_env(redis_server: RedisServer, mongo_port: int) -> dict[str, str]:
+    """The environment of the bench's service processes: its own servers, a warm entry that cannot expire."""
+    env = {
+        **os.environ,
+        "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}/bench",
+        "REDIS_URL": redis_server.url(0),
+        "CELERY_BROKER_URL": redis_server.url(1),
+        "CACHE_KEY_PREFIX": PREFIX,
+        "DEVICE_CACHE_TTL": "3600",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each gunicorn master makes its own (gunicorn.conf.py)
+    return env
+
+
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
@@ -662,8 +678,8 @@ all cores; the bench cannot stop them, and above a few per cent they make the fi
     return text
 
 
-def write_docs(section: str) -> None:
-    """Replace only our section of docs/BENCHMARKS.md (others add their own sections)."""
+def write_docs(section: str, heading: str = SECTION) -> None:
+    """Replace only the section under ``heading`` in docs/BENCHMARKS.md (others add their own sections)."""
     section = section.rstrip("\n") + "\n"
     if not DOCS.exists():
         DOCS.parent.mkdir(parents=True, exist_ok=True)
@@ -674,7 +690,7 @@ def write_docs(section: str) -> None:
         return
     text = DOCS.read_text()
     lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == heading), None)
     if start is None:
         DOCS.write_text(text.rstrip("\n") + "\n\n" + section)
         return
@@ -730,16 +746,7 @@ def main() -> int:
             load = LoadGen(find_loadgen(args.loadgen), args.threads, args.connections, workdir, meter)
             redis_server.start()
             _, mongo_port = start_secantus(group, workdir)
-            env = {
-                **os.environ,
-                "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}/bench",
-                "REDIS_URL": redis_server.url(0),
-                "CELERY_BROKER_URL": redis_server.url(1),
-                "CACHE_KEY_PREFIX": PREFIX,
-                "DEVICE_CACHE_TTL": "3600",
-                "LOG_LEVEL": "WARNING",
-                "PYTHONDONTWRITEBYTECODE": "1",
-            }
+            env = bench_env(redis_server, mongo_port)
             print(f"seeding MongoDB (port {mongo_port}); Redis on port {redis_server.port}", flush=True)
             seed(env, workdir, 50)
             rclient = redis.Redis(port=redis_server.port, socket_timeout=5)

@@ -45,6 +45,12 @@ shift
 PORT=${PORT:-8000}
 LOG_LEVEL=${LOG_LEVEL:-INFO}
 require_positive_int PORT "$PORT"
+# LOG_FORMAT=json: every line a JSON object, so Celery prints no start-up banner (--quiet);
+# gunicorn's lines follow LOG_FORMAT through gunicorn.conf.py, the app's through app/logging.py.
+CELERY_QUIET=
+case "${LOG_FORMAT:-text}" in
+    json | JSON) CELERY_QUIET=--quiet ;;
+esac
 
 case "$role" in
     web)
@@ -68,7 +74,8 @@ case "$role" in
         # --threads only matters for gthread; --worker-connections only for gevent.
         # The heartbeat files go to /dev/shm (a tmpfs in every container runtime), and the
         # control socket is off: the root filesystem is read-only and scaling is the
-        # orchestrator's job.
+        # orchestrator's job. gunicorn.conf.py in the working directory (/app) is read too:
+        # Prometheus multiprocess mode and JSON logs.
         run gunicorn wsgi:app \
             --bind "0.0.0.0:$PORT" \
             --worker-class "$GUNICORN_WORKER_CLASS" \
@@ -92,7 +99,8 @@ case "$role" in
         require_positive_int CELERY_WORKER_CONCURRENCY "$CELERY_WORKER_CONCURRENCY"
         # Gossip and mingle add broker chatter that grows with the number of workers and
         # serve features (revokes sync, worker-to-worker events) this service does not use.
-        run celery -A celery_worker worker \
+        # shellcheck disable=SC2086  # CELERY_QUIET is empty or one word
+        run celery -A celery_worker $CELERY_QUIET worker \
             --loglevel "$LOG_LEVEL" \
             --concurrency "$CELERY_WORKER_CONCURRENCY" \
             --without-gossip \
@@ -102,7 +110,8 @@ case "$role" in
     beat)
         # A singleton: run exactly one beat process per deployment (see docs/DEPLOY.md).
         # The schedule file must live on a writable path; the root filesystem is read-only.
-        run celery -A celery_worker beat \
+        # shellcheck disable=SC2086
+        run celery -A celery_worker $CELERY_QUIET beat \
             --loglevel "$LOG_LEVEL" \
             --schedule "${CELERY_BEAT_SCHEDULE:-/tmp/celerybeat-schedule}" \
             "$@"

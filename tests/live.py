@@ -34,6 +34,17 @@ def service_env(settings: Mapping[str, Any], **extra: Any) -> dict[str, str]:
     return env
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class LiveReplica:
     """``gunicorn wsgi:app`` from the repository root, started and stopped by a test.
 
@@ -93,13 +104,8 @@ class LiveReplica:
             return ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
         if getattr(self, "_log", None) is not None:
             self._log.close()

@@ -57,6 +57,7 @@ SECRET_VARS = {"MONGO_URI", "REDIS_URL", "CELERY_BROKER_URL"}
 # Ours, read by docker/entrypoint.sh (and LOG_LEVEL by the app too).
 TUNING_VARS = {
     "LOG_LEVEL",
+    "LOG_FORMAT",
     "PORT",
     "WEB_CONCURRENCY",
     "GUNICORN_WORKER_CLASS",
@@ -136,7 +137,12 @@ def base_object(kind: str, name: str) -> dict[str, Any]:
 
 
 def deployments() -> list[dict[str, Any]]:
-    return [doc for (kind, _), doc in objects(BASE).items() if kind == "Deployment"]
+    """The Deployments that run this repository's image (not the Celery exporter)."""
+    return [
+        doc
+        for (kind, _), doc in objects(BASE).items()
+        if kind == "Deployment" and pod_spec(doc)["containers"][0]["image"] == "opensensor"
+    ]
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
@@ -709,7 +715,8 @@ def test_entrypoint_appends_extra_arguments_to_a_role() -> None:
 
 
 def test_configmap_and_compose_values_match_the_entrypoint_defaults() -> None:
-    env = {k: v for k, v in configmap_data().items() if k in TUNING_VARS}
+    # LOG_FORMAT=json in the ConfigMap (for the log store) only adds Celery's --quiet: see below.
+    env = {k: v for k, v in configmap_data().items() if k in TUNING_VARS - {"LOG_FORMAT"}}
     assert dry_run("web", **env) == WEB_DEFAULT_COMMAND
     assert dry_run("worker", **env) == ROLE_COMMANDS["worker"]
     for svc in compose_app_services().values():
@@ -827,3 +834,54 @@ def test_every_role_compose_and_kubernetes_start_is_one_the_entrypoint_knows() -
     commands += [c["args"] for doc in deployments() for c in containers(doc)]
     for command in commands:
         assert run_entrypoint(*command).returncode == 0, command
+
+
+def test_json_logs_silence_celerys_banners_and_leave_gunicorn_to_its_config_file() -> None:
+    assert dry_run("worker", LOG_FORMAT="json") == ROLE_COMMANDS["worker"].replace(" worker ", " --quiet worker ", 1)
+    assert dry_run("beat", LOG_FORMAT="json") == ROLE_COMMANDS["beat"].replace(" beat ", " --quiet beat ", 1)
+    assert dry_run("web", LOG_FORMAT="json") == WEB_DEFAULT_COMMAND
+    assert configmap_data()["LOG_FORMAT"] == "json"
+
+
+def test_every_web_entry_point_reads_gunicorn_conf_py() -> None:
+    """Multiprocess metrics and JSON logs live there: gunicorn reads ./gunicorn.conf.py by default."""
+    from gunicorn.config import Config
+
+    assert Config().settings["config"].default == "./gunicorn.conf.py"
+    assert (ROOT / "gunicorn.conf.py").is_file()
+    instructions = dockerfile_instructions()
+    assert ("WORKDIR", "/app") in instructions and ("COPY", ". /app") in instructions
+    ignored = DOCKERIGNORE.read_text(encoding="utf-8").split()
+    assert not any(re.fullmatch(pattern.replace("*", ".*"), "gunicorn.conf.py") for pattern in ignored)
+    for command in (dry_run("web"), (ROOT / "Procfile").read_text().splitlines()[0].split(":", 1)[1]):
+        assert "--config" not in command and " -c " not in command  # nothing points elsewhere
+
+
+def test_web_pods_carry_the_plain_prometheus_scrape_annotations() -> None:
+    web = base_object("Deployment", "opensensor-web")
+    annotations = web["spec"]["template"]["metadata"]["annotations"]
+    (port,) = pod_spec(web)["containers"][0]["ports"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port["containerPort"]),
+        "prometheus.io/path": "/metrics",
+    }
+
+
+def test_one_pinned_celery_exporter_runs_beside_the_worker_on_the_broker_url() -> None:
+    exporter = base_object("Deployment", "opensensor-celery-exporter")
+    assert exporter["spec"]["replicas"] == 1
+    (container,) = pod_spec(exporter)["containers"]
+    name, _, tag = container["image"].rpartition(":")
+    assert name == "danihodovic/celery-exporter" and re.fullmatch(r"\d+\.\d+\.\d+", tag), container["image"]
+    (env,) = container["env"]
+    assert env == {
+        "name": "CE_BROKER_URL",
+        "valueFrom": {"secretKeyRef": {"name": "opensensor-secrets", "key": "CELERY_BROKER_URL"}},
+    }
+    (port,) = container["ports"]
+    annotations = exporter["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port["containerPort"]) == "9808"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod_spec(exporter)["securityContext"]["runAsNonRoot"] is True
+    assert set(container["resources"]["limits"]) == {"cpu", "memory"}

@@ -26,6 +26,7 @@ from flask import Flask, current_app
 from flask_caching.backends.rediscache import RedisCache
 from redis.commands.core import Script
 
+from app import metrics
 from app.cache.breaker import CircuitBreaker
 from app.cache.counters import COUNTERS, CounterBuffer
 from app.cache.invalidation import Invalidator
@@ -116,8 +117,10 @@ class DeviceCache:
         if not self._background_started:
             self._start_background()
         key = device_key(device_id, device_name)
-        value = self._read(key) if self._readable() else None
+        readable = self._readable()
+        value = self._read(key) if readable else None
         self._count("hits" if value is not None else "misses", key)
+        metrics.note_cache_result("hit" if value is not None else "miss" if readable else "bypass")
         if value is not None:
             return value
         return self._fill(key, device_id, device_name)
@@ -211,7 +214,8 @@ class DeviceCache:
 
     def _load(self, device_id: str, device_name: str) -> dict[str, Any]:
         self._count("loads")
-        return self.loader(device_id, device_name)
+        with metrics.load_timer():
+            return self.loader(device_id, device_name)
 
     def refresh(self, pairs: list[Pair]) -> dict[str, int]:
         """Load and store these pairs through the fill lock (the warm task's path).
@@ -244,7 +248,8 @@ class DeviceCache:
         if not mine:
             return result
         self._count("loads")  # one MongoDB query for the whole batch
-        values = self.batch_loader([pairs[i] for i in mine])
+        with metrics.load_timer():
+            values = self.batch_loader([pairs[i] for i in mine])
         pipe = self.client.pipeline(transaction=False)
         for i, value in zip(mine, values, strict=True):
             ttl = self.ttl if value["found"] else self.negative_ttl
@@ -269,6 +274,7 @@ class DeviceCache:
             keys.update((self.keys.value(key), self.keys.lock(key)))
         if not keys:
             return
+        metrics.cache_invalidated(len(keys) // 2)  # two keys per pair: the lookup and its fill lock
         if not self._background_started:
             self._start_background()
         if not self.invalidator.unlink(keys):
@@ -277,6 +283,7 @@ class DeviceCache:
     # -- counters -----------------------------------------------------------------------
 
     def _count(self, name: str, key: str | None = None) -> None:
+        metrics.cache_event(name)
         self.counters_buffer.count(name, key)
 
     def _failed(self, exc: BaseException) -> None:
@@ -310,6 +317,7 @@ class DeviceCache:
         threading.Thread(target=self._run_background, name="device-cache", daemon=True).start()
 
     def _breaker_changed(self, is_open: bool) -> None:
+        metrics.breaker_changed(is_open)
         if is_open:
             self.replicas.forget()
             if not self._background_started:  # whatever opened it, something must probe

@@ -1,0 +1,199 @@
+"""Every Prometheus metric of the service, and the request hooks: request ids, timing, log fields.
+
+Other code records through the small functions here (``cache_event``, ``load_timer``, ...) and
+never builds a metric of its own. The values are this process's: under gunicorn,
+``PROMETHEUS_MULTIPROC_DIR`` (set by ``gunicorn.conf.py`` before any worker starts) makes
+prometheus_client keep them in per-process files that one scrape sums over every worker of the
+replica. Without it (flask CLI, Celery, tests in process) they stay in the process, where nothing
+scrapes them; Celery is watched through its task events instead (docs/DEPLOY.md).
+
+``METRICS_ENABLED=false`` turns recording off in the process (``register_metrics`` sets the
+switch); request ids and the request's log fields stay on, they are not metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+
+from flask import Flask, Response, g, has_request_context, request
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+# ``*_created`` series exist only in single-process mode; without them both modes export the same.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+http_requests = Counter(
+    "opensensor_http_requests_total",
+    "HTTP requests answered, by method, Flask URL rule and status.",
+    ["method", "route", "status"],
+)
+http_request_duration = Histogram(
+    "opensensor_http_request_duration_seconds",
+    "Time from the request reaching Flask to its response, by method and Flask URL rule.",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+cache_gets = Counter(
+    "opensensor_cache_gets_total",
+    "Cache lookups: hit answered from the cache, miss not (Redis unreachable included).",
+    ["cache", "result"],
+)
+cache_loads = Counter(
+    "opensensor_cache_loads_total",
+    "MongoDB queries made for the cache: a miss's load, or one batch of a warm-up.",
+    ["cache"],
+)
+cache_load_duration = Histogram(
+    "opensensor_cache_load_duration_seconds",
+    "Time of one MongoDB load for the cache.",
+    ["cache"],
+    buckets=LATENCY_BUCKETS,
+)
+cache_errors = Counter("opensensor_cache_errors_total", "Failed Redis operations of the cache.", ["cache"])
+cache_invalidations = Counter(
+    "opensensor_cache_invalidations_total",
+    "Cached lookups dropped because an API key of their device changed.",
+    ["cache"],
+)
+# livemax: 1 while any live worker's breaker is open; a dead worker's file goes with it (child_exit).
+cache_breaker_open = Gauge(
+    "opensensor_cache_breaker_open",
+    "1 while the cache's circuit breaker is open (Redis failing, lookups served from MongoDB).",
+    ["cache"],
+    multiprocess_mode="livemax",
+)
+
+CACHE = "device"  # the one cache today; its label value
+# DeviceCache._count's event names -> the counter child each one increments.
+CACHE_EVENTS: dict[str, tuple[Counter, tuple[str, ...]]] = {
+    "hits": (cache_gets, (CACHE, "hit")),
+    "misses": (cache_gets, (CACHE, "miss")),
+    "loads": (cache_loads, (CACHE,)),
+    "errors": (cache_errors, (CACHE,)),
+}
+
+REQUEST_ID_HEADER = "X-Request-ID"
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+UNMATCHED_ROUTE = "<unmatched>"  # every path no URL rule matched: one label value, not one per path
+SCRAPE_ROUTE = "/metrics"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+ENVIRON_KEY = "opensensor.request"  # the request's log fields, for gunicorn's access line
+
+_recording = False
+_increments: dict[str, Callable[[], None]] = {}
+
+
+def register_metrics(app: Flask) -> None:
+    """Request ids and log fields on every request; metrics too unless ``METRICS_ENABLED=false``.
+
+    With metrics on, every series whose labels are known is created at 0 now, so the first
+    scrape shows them all (an alert on a ratio needs both sides to exist from the start).
+    """
+    global _recording
+    _recording = bool(app.config["METRICS_ENABLED"])
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    if _recording:
+        _create_known_series()
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def _create_known_series() -> None:
+    for name, (counter, labels) in CACHE_EVENTS.items():
+        _increments[name] = counter.labels(*labels).inc
+    for metric in (cache_load_duration, cache_invalidations):
+        metric.labels(CACHE)
+    cache_breaker_open.labels(CACHE).set(0)
+    # The scrape's own series, as Prometheus's Go client does for its handler.
+    http_requests.labels("GET", SCRAPE_ROUTE, "200")
+    http_request_duration.labels("GET", SCRAPE_ROUTE)
+
+
+# -- what other modules call ----------------------------------------------------------------
+
+
+def cache_event(name: str) -> None:
+    """One counted event of the device cache: ``hits``, ``misses``, ``loads`` or ``errors``."""
+    if _recording:
+        _increments[name]()
+
+
+def load_timer() -> AbstractContextManager[object]:
+    """Times one MongoDB load of the cache (a ``with`` block)."""
+    return cache_load_duration.labels(CACHE).time() if _recording else nullcontext()
+
+
+def cache_invalidated(count: int) -> None:
+    if _recording and count:
+        cache_invalidations.labels(CACHE).inc(count)
+
+
+def breaker_changed(is_open: bool) -> None:
+    if _recording:
+        cache_breaker_open.labels(CACHE).set(1 if is_open else 0)
+
+
+def note_cache_result(result: str) -> None:
+    """The device cache's answer to this request (``hit``, ``miss``, ``bypass``), for its log line."""
+    if has_request_context():
+        g.cache_result = result
+
+
+def exposition(extra: Iterable[Collector] = ()) -> bytes:
+    """The Prometheus text of this replica: every worker's files, or this process's registry."""
+    registry = CollectorRegistry()
+    if multiprocess_dir():
+        MultiProcessCollector(registry)
+    else:
+        registry.register(REGISTRY)
+    for collector in extra:
+        registry.register(collector)
+    return generate_latest(registry)
+
+
+# -- request hooks -----------------------------------------------------------------------------
+
+
+def request_id_from(header: str | None) -> str:
+    """The caller's id when it is sane (it is echoed and logged), else a new one."""
+    if header is not None and SANE_REQUEST_ID.fullmatch(header):
+        return header
+    return secrets.token_hex(16)
+
+
+def _start_request() -> None:
+    g.request_started = time.perf_counter()
+    g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+
+
+def _finish_request(response: Response) -> Response:
+    request_id = g.get("request_id") or request_id_from(None)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+    if _recording:
+        method = request.method if request.method in METHODS else "other"
+        started = g.get("request_started")
+        http_requests.labels(method, route, str(response.status_code)).inc()
+        if started is not None:
+            http_request_duration.labels(method, route).observe(time.perf_counter() - started)
+    request.environ[ENVIRON_KEY] = {"request_id": request_id, "route": route, "cache": g.get("cache_result")}
+    return response
