@@ -27,6 +27,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from app.config import SETTINGS, load_config
+from app.redis_topology import Topology
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -224,6 +227,22 @@ def kustomize_build(directory: Path) -> list[dict[str, Any]]:
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def build_with_component(overlay: Path, component: Path) -> list[dict[str, Any]]:
+    """The base plus a component, as an overlay in ``overlay`` (a directory) would combine them."""
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": "opensensor",
+                "resources": [os.path.relpath(BASE, overlay)],  # kustomize refuses absolute paths
+                "components": [os.path.relpath(component, overlay)],
+            }
+        )
+    )
+    return kustomize_build(overlay)
 
 
 def validate(doc: dict[str, Any]) -> None:
@@ -885,3 +904,19 @@ def test_one_pinned_celery_exporter_runs_beside_the_worker_on_the_broker_url() -
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod_spec(exporter)["securityContext"]["runAsNonRoot"] is True
     assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+
+
+def test_sentinel_component_points_the_app_at_a_sentinel_set_the_app_accepts(tmp_path: Path) -> None:
+    rendered = build_with_component(tmp_path, K8S / "components" / "redis-sentinel")
+    for doc in rendered:
+        validate(doc)
+    (config,) = [
+        doc for doc in rendered if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "opensensor-config"
+    ]
+    data = config["data"]
+    assert data["REDIS_SENTINELS"] and data["REDIS_SENTINEL_MASTER"] and "REDIS_URL" not in data
+    # What the app makes of it, with a Secret holding MONGO_URI only (no REDIS_URL, as the component says).
+    env = {**{k: v for k, v in data.items() if k in SETTINGS}, "MONGO_URI": CONTRACT_DEFAULTS["MONGO_URI"]}
+    config = load_config(env)
+    assert Topology.from_config(config).kind == "sentinel"
+    assert config["CELERY_BROKER_URL"].startswith("sentinel://redis-node-0.redis-headless:26379/1;")

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.conftest import create_user, register
-from tests.helpers import push
+from tests.helpers import meta_key, push
 
 pytestmark = pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
 
@@ -186,3 +186,20 @@ def test_failover_under_load_costs_no_error_and_hits_resume_within_seconds(repli
     after = caches[0].counters()
     looked_up = (after["hits"] - before["hits"]) + (after["misses"] - before["misses"])
     assert looked_up == sum(w.requests for w in workers)  # every lookup counted once, none lost
+
+
+def test_admin_routes_follow_a_failover(app, client, redis_alive, settings):
+    """The admin client is used rarely: after a failover it must not keep walking a dead node."""
+    admin = {"Authorization": f"Bearer {create_user(app, 'root', admin=True)['token']}"}
+
+    def stats() -> dict:
+        return client.get("/cache/stats", headers=admin).get_json()
+
+    assert stats()["lookups"]["device"]["scope"] == "all replicas"  # the admin client knows the primaries
+    try:
+        redis_alive.fail_primary(meta_key(settings["CACHE_KEY_PREFIX"], "stats:device"))
+        assert wait_until(lambda: stats()["redis"]["reachable"], 10), stats()
+        assert stats()["lookups"]["device"]["scope"] == "all replicas"
+        assert client.post("/cache/clear", headers=admin).status_code == 200
+    finally:
+        redis_alive.settle()

@@ -4,7 +4,6 @@ dashboard, and the hit-ratio expression evaluated by a real Prometheus scraping 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -20,7 +19,7 @@ import yaml
 from tests.conftest import create_user, register
 from tests.live import stop_process
 from tests.servers import free_port
-from tests.test_deploy import BASE, K8S, kustomize_build, selects, validate
+from tests.test_deploy import K8S, build_with_component, selects, validate
 
 COMPONENT = K8S / "components" / "monitoring"
 RULES = COMPONENT / "prometheus" / "opensensor.rules.yml"
@@ -90,19 +89,7 @@ def test_prometheusrule_holds_exactly_the_plain_rule_groups() -> None:
 @pytest.fixture(scope="module")
 def with_monitoring(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """The base plus the component, as an overlay would combine them."""
-    overlay = tmp_path_factory.mktemp("overlay")
-    (overlay / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "namespace": "opensensor",
-                "resources": [os.path.relpath(BASE, overlay)],  # kustomize refuses absolute paths
-                "components": [os.path.relpath(COMPONENT, overlay)],
-            }
-        )
-    )
-    return kustomize_build(overlay)
+    return build_with_component(tmp_path_factory.mktemp("overlay"), COMPONENT)
 
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:

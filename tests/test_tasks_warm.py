@@ -39,6 +39,9 @@ def running_worker(app: Flask) -> Iterator[Celery]:
         with start_worker(celery, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=15):
             yield celery
     finally:
+        consumer = getattr(celery.backend, "result_consumer", None)  # rpc:// (RabbitMQ) holds a connection
+        if getattr(consumer, "_connection", None) is not None:
+            consumer.stop()
         celery.close()
 
 

@@ -370,10 +370,16 @@ class DeviceCache:
     # -- reading the shared state ---------------------------------------------------------
 
     def admin_client(self) -> Any:
-        """A client for admin work (SCAN, INFO): a longer read timeout, still no retries."""
+        """A client for admin work (SCAN, INFO): a longer read timeout, still no retries.
+
+        Each admin call first learns where the primaries are now: the admin client is used
+        rarely, and a Cluster client that last looked before a failover would walk a dead node.
+        """
         if self._admin_client is None:
             options = client_options(self.admin_timeout, "opensensor-admin", connect_timeout=0.5)
             self._admin_client = self.topology.new_client(options)
+        else:
+            self.topology.refresh(self._admin_client)
         return self._admin_client
 
     def ping(self) -> bool:
