@@ -17,6 +17,7 @@ from app.devices.lookup import load_device, load_devices
 from app.errors import register_error_handlers
 from app.extensions import cache, mongo
 from app.logging import configure_logging
+from app.validation import guard_commands, register_input_guard
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -28,6 +29,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
+    register_input_guard(app)
     register_commands(app)
     return app
 
@@ -79,3 +81,4 @@ def register_commands(app: Flask) -> None:
 
     for command in (users, init_db, demo_data):
         app.cli.add_command(command)
+    guard_commands(app.cli)

@@ -1,11 +1,23 @@
-"""Request parsing shared by the routes: JSON bodies, device pairs, plain values."""
+"""Request parsing shared by the routes: JSON bodies, device pairs, plain values.
+
+Text enters the service in four places: JSON bodies (``json_object``), the URL and the
+headers (``register_input_guard``) and CLI arguments (``guard_commands``). Each rejects a
+string that cannot be encoded as UTF-8 (a lone surrogate: a valid JSON escape such as
+``"\\ud800"``, or what ``surrogateescape`` makes of invalid bytes) as a 400
+``validation_error`` there, before it reaches MongoDB, Redis or a log line that would
+raise ``UnicodeEncodeError`` (a 500) far from where it came in.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+from collections.abc import Callable
 from typing import Any
 
-from flask import request
+import click
+from flask import Flask, request
 
 from app.errors import APIError, validation_error
 
@@ -13,24 +25,121 @@ _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9._: -]{1,64}$")
 
 
-def json_object(optional: bool = False) -> dict[str, Any]:
+class UnencodableText(APIError):
+    """400: a string that cannot be encoded as UTF-8 (a lone surrogate)."""
+
+    def __init__(self, where: str):
+        super().__init__(400, "validation_error", f"{where} is not valid UTF-8 text", {"field": where})
+
+
+def unencodable_path(value: Any, where: str = "") -> str | None:
+    """Where a string (key or value, at any depth) that UTF-8 cannot encode is, or None."""
+    stack = [(value, where)]
+    while stack:  # iterative: a body nested thousands deep must not hit the recursion limit
+        item, at = stack.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                return at or "body"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not _encodable(key):  # name the object holding it: the message must stay encodable
+                    return at or "body"
+                stack.append((child, f"{at}.{key}" if at else key))
+        elif isinstance(item, list):
+            stack.extend((child, f"{at}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_object(optional: bool = False, *, require_media_type: bool = True) -> dict[str, Any]:
     """The request's JSON object body: 415 for another media type, 400 for bad JSON.
 
-    With ``optional``, an empty body counts as ``{}``.
+    With ``optional``, an empty body counts as ``{}``. Without ``require_media_type`` a body
+    sent with no Content-Type at all is read as JSON too (opensensor's devices do that).
+    Every string in it must be encodable as UTF-8 (``UnencodableText`` otherwise).
     """
     if optional and not request.get_data(cache=True):
         return {}
-    if not request.is_json:
+    untyped = not require_media_type and not request.headers.get("Content-Type")
+    if not request.is_json and not untyped:
         raise APIError(415, "unsupported_media_type", "the body must be application/json")
     try:
-        body = request.get_json(silent=True)
+        body = request.get_json(silent=True, force=untyped)
     except RecursionError:  # nested deeper than the parser goes; silent only covers ValueError
         body = None
     if body is None:
         raise validation_error("the body is not valid JSON")
     if not isinstance(body, dict):
         raise validation_error("the body must be a JSON object")
+    where = unencodable_path(body)
+    if where is not None:
+        raise UnencodableText(where)
     return body
+
+
+def register_input_guard(app: Flask) -> None:
+    """Check the URL and the headers of every request before its view runs.
+
+    What reaches the app (werkzeug 3.1 under gunicorn): a percent-encoded invalid UTF-8
+    sequence in the path is decoded with replacement (U+FFFD), one in the query string stays
+    percent-encoded, and raw non-ASCII bytes in the request line are refused by gunicorn
+    itself. Raw bytes in ``QUERY_STRING`` (from another WSGI server) make ``request.args``
+    raise ``UnicodeDecodeError``, and header values or a path given by a server or test
+    client that decodes with ``surrogateescape`` carry lone surrogates: both are 400 here.
+    """
+
+    @app.before_request
+    def reject_unencodable_input() -> None:
+        if not _encodable(request.path):
+            raise UnencodableText("path")
+        try:
+            args = request.args
+        except UnicodeDecodeError:
+            raise UnencodableText("query string") from None
+        for name, value in args.items(multi=True):
+            if not (_encodable(name) and _encodable(value)):
+                raise UnencodableText(f"query parameter {name!r}" if _encodable(name) else "query string")
+        for name, value in request.headers.items():
+            if not (_encodable(name) and _encodable(value)):
+                raise UnencodableText("headers")
+
+
+def guard_commands(group: click.Group) -> None:
+    """Make every command under ``group`` refuse arguments UTF-8 cannot encode (usage error, exit 2).
+
+    On Linux, argv bytes that are not UTF-8 arrive as lone surrogates (``surrogateescape``);
+    a command would otherwise fail deep inside pymongo with a traceback. Wrapping the
+    callbacks covers commands added later to any group, without a custom parameter type on
+    each option. Idempotent: ``create_app`` runs many times per process in the tests.
+    """
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            guard_commands(command)
+        if command.callback is not None and not getattr(command.callback, "_utf8_guarded", False):
+            command.callback = _utf8_checked(command.callback)
+
+
+def _utf8_checked(callback: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(callback)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        for param in ctx.command.params:
+            value = ctx.params.get(param.name) if param.name else None
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                text = os.fspath(item) if isinstance(item, os.PathLike) else item
+                if isinstance(text, str) and not _encodable(text):
+                    raise click.BadParameter("is not valid UTF-8 text", ctx=ctx, param=param)
+        return callback(*args, **kwargs)
+
+    checked._utf8_guarded = True  # type: ignore[attr-defined]
+    return checked
 
 
 def valid_pair(device_id: Any, device_name: Any) -> bool:
