@@ -67,18 +67,20 @@ def register_extensions(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from app.cache.views import bp as cache_bp
+    from app.compat.views import bp as compat_bp
     from app.devices.views import bp as devices_bp
     from app.health.views import bp as health_bp
     from app.keys.views import bp as keys_bp
     from app.readings.views import bp as readings_bp
 
-    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp):
+    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp, compat_bp):
         app.register_blueprint(bp)
 
 
 def register_commands(app: Flask) -> None:
     from app.cli import demo_data, init_db, users
+    from app.compat.importer import import_opensensor
 
-    for command in (users, init_db, demo_data):
+    for command in (users, init_db, demo_data, import_opensensor):
         app.cli.add_command(command)
     guard_commands(app.cli)

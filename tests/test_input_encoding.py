@@ -69,7 +69,7 @@ def test_invalidate_with_a_lone_surrogate_pattern_is_400_not_500(client, world):
 
 def test_every_json_route_rejects_a_lone_surrogate_at_any_depth(app, client, world):
     posts = [rule for method, rule in routes(app) if method == "POST"]
-    assert len(posts) >= 5
+    assert len(posts) >= 6
     pair = {"device_id": "dev-1", "device_name": "room"}
     relay = {"position": 1, "enabled": True, "description": "a\ud800"}
     metadata = {"device_id": "dev-1", "name": "room", "api_key": world["key"]["api_key"]}
@@ -78,6 +78,7 @@ def test_every_json_route_rejects_a_lone_surrogate_at_any_depth(app, client, wor
         {**pair, "description": "\udfff"},
         {**pair, "readings": {"pressure": 1, "pressure_unit": "\udc00"}},
         {**pair, "readings": {"relays": [relay]}},
+        {"device_metadata": metadata, "pressure": {"pressure": 1, "unit": "\ud800"}},
         {"\ud800": 1},
         {"a": [[[{"b": "\udbff"}]]]},
     ]
@@ -187,7 +188,7 @@ def test_every_cli_command_refuses_unencodable_arguments(app):
             assert result.exit_code == 2, (args, result.output)
             assert "is not valid UTF-8 text" in result.output and "Traceback" not in result.output
             checked.append(" ".join(path))
-    assert {"users create", "demo-data"} <= set(checked)
+    assert {"users create", "import-opensensor", "demo-data"} <= set(checked)
     with app.app_context():
         assert app.extensions["mongo"].db["users"].count_documents({}) == 0
 
