@@ -69,11 +69,12 @@ def register_blueprints(app: Flask) -> None:
     from app.cache.views import bp as cache_bp
     from app.compat.views import bp as compat_bp
     from app.devices.views import bp as devices_bp
+    from app.docs.views import bp as docs_bp
     from app.health.views import bp as health_bp
     from app.keys.views import bp as keys_bp
     from app.readings.views import bp as readings_bp
 
-    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp, compat_bp):
+    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp, compat_bp, docs_bp):
         app.register_blueprint(bp)
 
 

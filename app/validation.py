@@ -21,8 +21,10 @@ from flask import Flask, request
 
 from app.errors import APIError, validation_error
 
-_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9._: -]{1,64}$")
+# Used with fullmatch: a trailing newline must not pass (``$`` alone lets "dev-1\n" through).
+# The patterns are also the OpenAPI document's (app/docs/openapi.py).
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9._: -]{1,64}$")
 
 
 class UnencodableText(APIError):
@@ -146,16 +148,16 @@ def valid_pair(device_id: Any, device_name: Any) -> bool:
     return (
         isinstance(device_id, str)
         and isinstance(device_name, str)
-        and bool(_ID_RE.match(device_id))
-        and bool(_NAME_RE.match(device_name))
+        and bool(DEVICE_ID_RE.fullmatch(device_id))
+        and bool(DEVICE_NAME_RE.fullmatch(device_name))
     )
 
 
 def check_pair(device_id: Any, device_name: Any) -> None:
     """400 unless the pair is well formed (body fields)."""
-    if not isinstance(device_id, str) or not _ID_RE.match(device_id):
+    if not isinstance(device_id, str) or not DEVICE_ID_RE.fullmatch(device_id):
         raise validation_error("device_id must be 1-64 letters, digits or . _ : -", field="device_id")
-    if not isinstance(device_name, str) or not _NAME_RE.match(device_name):
+    if not isinstance(device_name, str) or not DEVICE_NAME_RE.fullmatch(device_name):
         raise validation_error("device_name must be 1-64 letters, digits, spaces or . _ : -", field="device_name")
 
 

@@ -51,7 +51,7 @@ from app.compat.protocol import readings_from_freetier
 from app.db import IMPORTS, KEYS, READINGS, USERS
 from app.errors import APIError
 from app.extensions import mongo
-from app.keys.service import chain_pairs, parse_new_key
+from app.keys.service import MAX_DESCRIPTION, chain_pairs, parse_new_key
 from app.readings.schema import parse_readings
 from app.timeutil import isoformat, utcnow_ms
 
@@ -61,7 +61,6 @@ Pair = tuple[str, str]
 # it (ObjectIds come from each client's clock): every run re-reads this much before the checkpoint.
 LATE_MARGIN = timedelta(minutes=5)
 LEASE = timedelta(seconds=60)
-MAX_DESCRIPTION = 256
 
 
 @dataclass

@@ -104,13 +104,14 @@ def _metadata(metadata: Any) -> tuple[str, str | None, str | None]:
     return values["device_id"], values["name"], values["api_key"]
 
 
-def legacy_read(kind: str, pair: str):
+def legacy_read(kind: str, device: str):
+    """``device`` is ``<device_id>|<device_name>`` (opensensor's one path segment for the pair)."""
     measurement, field = LEGACY_TYPES[kind]
-    device_id, _, device_name = pair.partition("|")
+    device_id, _, device_name = device.partition("|")
     user, key = current_user(), api_key_header()
-    device = readable_device(device_id, device_name, user, key)
+    found = readable_device(device_id, device_name, user, key)
     params = legacy_query(measurement, request.args)  # after access, like /api/v1: no hints about private devices
-    result = query_readings(device, measurement, params)
+    result = query_readings(found, measurement, params)
     extra = {"unit": result["unit"]} if kind == "temp" else {}
     return jsonify(
         {
@@ -124,7 +125,7 @@ def legacy_read(kind: str, pair: str):
 
 
 for _kind in LEGACY_TYPES:
-    bp.add_url_rule(f"/{_kind}/<pair>", f"legacy_{_kind}", legacy_read, methods=["GET"], defaults={"kind": _kind})
+    bp.add_url_rule(f"/{_kind}/<device>", f"legacy_{_kind}", legacy_read, methods=["GET"], defaults={"kind": _kind})
 
 
 def legacy_query(measurement: str, args: MultiDict, now: datetime | None = None) -> dict[str, Any]:
