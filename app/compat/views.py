@@ -104,7 +104,7 @@ def _metadata(metadata: Any) -> tuple[str, str | None, str | None]:
     return values["device_id"], values["name"], values["api_key"]
 
 
-def legacy_read(kind: str, device: str):
+def legacy_read(kind: str, device: str) -> Response:
     """``device`` is ``<device_id>|<device_name>`` (opensensor's one path segment for the pair)."""
     measurement, field = LEGACY_TYPES[kind]
     device_id, _, device_name = device.partition("|")

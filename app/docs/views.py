@@ -32,7 +32,7 @@ PAGE = """<!DOCTYPE html>
 
 
 @bp.get("/openapi.json")
-def openapi():
+def openapi() -> Response:
     """Built once per app from its config (the history limit depends on it)."""
     document = current_app.extensions.get("openapi")
     if document is None:
