@@ -3,14 +3,15 @@
 Text enters the service in four places: JSON bodies (``json_object``), the URL and the
 headers (``register_input_guard``) and CLI arguments (``guard_commands``). Each rejects a
 string that cannot be encoded as UTF-8 (a lone surrogate: a valid JSON escape such as
-``"\\ud800"``, or what ``surrogateescape`` makes of invalid bytes) as a 400
-``validation_error`` there, before it reaches MongoDB, Redis or a log line that would
-raise ``UnicodeEncodeError`` (a 500) far from where it came in.
+``"\\ud800"``, or what ``surrogateescape`` makes of invalid bytes) there, as a 400
+``validation_error`` (a usage error on the command line), before it reaches MongoDB, Redis
+or a log line that would raise ``UnicodeEncodeError`` (a 500) far from where it came in.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 import click
 from flask import Flask, request
+from werkzeug.wrappers import Response
 
 from app.errors import APIError, validation_error
 
@@ -87,30 +89,53 @@ def json_object(optional: bool = False, *, require_media_type: bool = True) -> d
 
 
 def register_input_guard(app: Flask) -> None:
-    """Check the URL and the headers of every request before its view runs.
+    """400 for a URL or header that is not text, before any view (or werkzeug's routing) sees it.
 
-    What reaches the app (werkzeug 3.1 under gunicorn): a percent-encoded invalid UTF-8
-    sequence in the path is decoded with replacement (U+FFFD), one in the query string stays
-    percent-encoded, and raw non-ASCII bytes in the request line are refused by gunicorn
-    itself. Raw bytes in ``QUERY_STRING`` (from another WSGI server) make ``request.args``
-    raise ``UnicodeDecodeError``, and header values or a path given by a server or test
-    client that decodes with ``surrogateescape`` carry lone surrogates: both are 400 here.
+    What reaches the app (werkzeug 3.1 under gunicorn): a percent-encoded invalid UTF-8 sequence
+    in the path is decoded with replacement (U+FFFD), one in the query string stays
+    percent-encoded, and raw non-ASCII bytes in the request line are refused by gunicorn itself.
+    Two ways remain, both from other servers or clients: ``environ`` strings that are not latin-1
+    (PEP 3333 requires it; lone surrogates from ``surrogateescape``), which make werkzeug raise
+    ``UnicodeEncodeError`` while it routes, so they are refused around the WSGI app; and raw bytes
+    in ``QUERY_STRING`` that are not UTF-8, which make ``request.args`` raise
+    ``UnicodeDecodeError``, so that is read once in a ``before_request``.
     """
+    app.wsgi_app = NativeStringGuard(app.wsgi_app)  # type: ignore[method-assign]
 
     @app.before_request
-    def reject_unencodable_input() -> None:
-        if not _encodable(request.path):
-            raise UnencodableText("path")
+    def reject_undecodable_query() -> None:
         try:
-            args = request.args
+            request.args  # noqa: B018 - parsed (and cached) here so that a bad one is a 400
         except UnicodeDecodeError:
             raise UnencodableText("query string") from None
-        for name, value in args.items(multi=True):
-            if not (_encodable(name) and _encodable(value)):
-                raise UnencodableText(f"query parameter {name!r}" if _encodable(name) else "query string")
-        for name, value in request.headers.items():
-            if not (_encodable(name) and _encodable(value)):
-                raise UnencodableText("headers")
+
+
+class NativeStringGuard:
+    """WSGI middleware: a request whose path, query or headers are not latin-1 strings is a 400."""
+
+    FIELDS = ("PATH_INFO", "QUERY_STRING", "SCRIPT_NAME", "CONTENT_TYPE")
+
+    def __init__(self, wsgi_app: Callable[..., Any]) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        for name, value in environ.items():
+            if not isinstance(value, str) or value.isascii():  # nearly always: nothing to check
+                continue
+            if (name in self.FIELDS or name.startswith("HTTP_")) and not _latin1(value):
+                where = "headers" if name.startswith("HTTP_") or name == "CONTENT_TYPE" else "URL"
+                body = {"error": {"code": "validation_error", "message": f"the {where} is not valid text"}}
+                response = Response(json.dumps(body), status=400, mimetype="application/json")
+                return response(environ, start_response)
+        return self.wsgi_app(environ, start_response)
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def guard_commands(group: click.Group) -> None:

@@ -19,6 +19,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from tests.conftest import bearer, create_user, register
 from tests.helpers import assert_error, stored_readings
@@ -136,6 +137,20 @@ def test_a_surrogate_in_a_header_is_400_on_every_route(app, client, world, bad):
         for header in ("X-API-Key", "Authorization", "X-Anything"):
             response = client.open(concrete(rule), method=method, headers={**auth_for(rule, world), header: bad})
             assert_error(response, 400, "validation_error")
+
+
+@pytest.mark.parametrize("bad", SURROGATES)
+def test_a_surrogate_in_a_path_segment_is_400_on_every_route(app, world, bad):
+    """PEP 3333 wants latin-1 here; a server decoding with surrogateescape made werkzeug's routing raise.
+
+    Called as WSGI directly: Flask's test client itself cannot build a request from such an environ.
+    """
+    for method, rule in routes(app):
+        environ = EnvironBuilder(method=method, headers=auth_for(rule, world)).get_environ()
+        environ["PATH_INFO"] = concrete(rule, f"a{bad}b") if "<" in rule else rule + bad
+        body, status, headers = run_wsgi_app(app, environ, buffered=True)
+        assert status.startswith("400 ") and headers["Content-Type"] == "application/json", (rule, status)
+        assert json.loads(b"".join(body))["error"]["code"] == "validation_error"
 
 
 def test_raw_bytes_in_the_query_string_are_400_on_every_route(app, client, world):

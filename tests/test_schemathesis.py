@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -193,3 +194,27 @@ def test_workflows_along_the_documents_links_conform(api):
             suppress_health_check=list(HealthCheck),
         )
     )
+
+
+# -- the same replica, by hand: issue 8's defect over real HTTP ------------------------------------
+
+
+def test_live_invalidate_with_a_lone_surrogate_pattern_is_400(api):
+    """The request of issue 8 through gunicorn and a real Redis: a JSON escape redis-py cannot encode."""
+    response = requests.post(
+        f"{api.url}/cache/invalidate",
+        data=b'{"pattern": "\\ud800"}',
+        headers={**bearer(api.admin), "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "validation_error"
+
+
+@pytest.mark.parametrize("bad", ["%ED%A0%80", "%FF", "%C0%80"])
+def test_live_percent_encoded_invalid_utf8_is_never_a_5xx(api, bad):
+    """What gunicorn and werkzeug make of it in a path (U+FFFD) or a query (kept encoded): a 4xx at most."""
+    for path, item in DOCUMENT["paths"].items():
+        for method in item:
+            url = api.url + re.sub(r"{[^}]+}", f"a{bad}b", path) + f"?start={bad}&{bad}=1"
+            response = requests.request(method.upper(), url, headers=api.headers_for(path), timeout=10)
+            assert response.status_code < 500, (method, url, response.text)
