@@ -100,7 +100,7 @@ def require_admin() -> User:
 
 def is_key_shaped(key: str) -> bool:
     """One of our keys, or one that may have been imported from opensensor."""
-    return secret_id(key, KEY_PREFIX) is not None or bool(_FOREIGN_KEY_RE.match(key))
+    return secret_id(key, KEY_PREFIX) is not None or bool(_FOREIGN_KEY_RE.fullmatch(key))
 
 
 def api_key_header() -> str | None:

@@ -17,7 +17,8 @@ the key's hash (unique indexes), so a second run adds nothing. Readings are read
 order and written in batches (``insert_many``); a checkpoint before and after each batch (in
 ``imports``) lets a run resume where the last one stopped, and the batch that was in flight
 when it stopped is de-duplicated against what reached MongoDB. A lease in the same collection
-keeps two runs from importing one source at once.
+(a document with an owner and an expiry: MongoDB has no lock of its own, and Redis is the
+optional cache here) keeps two runs from importing one source at once.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ same values stored as text: ``"21.5"``, ``"True"``, ``"[Decimal('0.41'), 0.39]"`
 pumps as JSON text). Both become plain numbers, booleans and lists here; what values are
 *allowed* is decided once, by ``app.readings.schema.parse_readings``.
 
-Text is parsed with ``json.loads`` and regular expressions, never ``eval``.
+Text is parsed with ``json.loads`` and regular expressions, never ``eval``; ``ast.literal_eval``
+(the usual safe parser of Python literals) cannot read the ``Decimal('…')`` calls in that text.
 """
 
 from __future__ import annotations
