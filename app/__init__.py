@@ -17,6 +17,7 @@ from app.extensions import cache, mongo
 from app.logging import configure_logging
 from app.metrics import register_metrics
 from app.redis_topology import Topology, client_options
+from app.validation import guard_commands, register_input_guard
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -29,6 +30,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     register_metrics(app)
     register_blueprints(app)
     register_error_handlers(app)
+    register_input_guard(app)
     register_commands(app)
     return app
 
@@ -55,19 +57,23 @@ def register_extensions(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from app.cache.views import bp as cache_bp
+    from app.compat.views import bp as compat_bp
     from app.devices.views import bp as devices_bp
+    from app.docs.views import bp as docs_bp
     from app.health.views import bp as health_bp
     from app.keys.views import bp as keys_bp
     from app.monitoring.dashboard import bp as dashboard_bp
     from app.monitoring.views import bp as monitoring_bp
     from app.readings.views import bp as readings_bp
 
-    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp, monitoring_bp, dashboard_bp):
+    for bp in (health_bp, keys_bp, readings_bp, devices_bp, cache_bp, monitoring_bp, dashboard_bp, compat_bp, docs_bp):
         app.register_blueprint(bp)
 
 
 def register_commands(app: Flask) -> None:
     from app.cli import demo_data, init_db, users
+    from app.compat.importer import import_opensensor
 
-    for command in (users, init_db, demo_data):
+    for command in (users, init_db, demo_data, import_opensensor):
         app.cli.add_command(command)
+    guard_commands(app.cli)

@@ -2,6 +2,9 @@
 
 Secrets have the form ``<prefix>_<id>_<secret>``: the id finds the stored record,
 and the SHA-256 of the whole secret is compared in constant time. Only hashes are stored.
+Device keys imported from opensensor (``app/compat/importer.py``) have no id: they are
+found by the SHA-256 of the whole key (a unique index), which is as safe for a 256-bit
+random key and is the only way to find a key that carries no id.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from app.extensions import mongo
 TOKEN_PREFIX = "ost"
 KEY_PREFIX = "osk"
 _SECRET_RE = re.compile(r"^(ost|osk)_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
+# opensensor's keys: urlsafe base64 of 32 random bytes (44 characters); a little room around that.
+_FOREIGN_KEY_RE = re.compile(r"^[A-Za-z0-9_=+/.~-]{16,256}$")
 
 
 def hash_secret(secret: str) -> str:
@@ -93,21 +98,32 @@ def require_admin() -> User:
     return user
 
 
+def is_key_shaped(key: str) -> bool:
+    """One of our keys, or one that may have been imported from opensensor."""
+    return secret_id(key, KEY_PREFIX) is not None or bool(_FOREIGN_KEY_RE.fullmatch(key))
+
+
 def api_key_header() -> str | None:
     """The X-API-Key header; 401 when present but malformed."""
     key = request.headers.get("X-API-Key")
     if key is None:
         return None
     key = key.strip()
-    if secret_id(key, KEY_PREFIX) is None:
+    if not is_key_shaped(key):
         raise invalid("invalid API key")
     return key
 
 
 def stored_key(key: str) -> dict | None:
-    """The key record of a well-formed API key, if the key is genuine."""
+    """The key record of a well-formed API key, if the key is genuine.
+
+    Ours are found by their id; an imported opensensor key by its hash.
+    """
+    if not is_key_shaped(key):
+        return None
     key_id = secret_id(key, KEY_PREFIX)
-    doc = mongo.db[KEYS].find_one({"key_id": key_id}, {"_id": 0}) if key_id else None
+    query = {"key_id": key_id} if key_id else {"key_hash": hash_secret(key)}
+    doc = mongo.db[KEYS].find_one(query, {"_id": 0})
     if doc is None or not same_hash(doc.get("key_hash"), key):
         return None
     return doc

@@ -22,14 +22,20 @@ log = logging.getLogger(__name__)
 USERS = "users"
 KEYS = "api_keys"
 READINGS = "readings"
+IMPORTS = "imports"  # checkpoints and the lease of ``import-opensensor`` (app/compat/importer.py)
 
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     USERS: [
         ([("user_id", ASCENDING)], {"unique": True, "name": "user_id_unique"}),
         ([("name", ASCENDING)], {"unique": True, "name": "name_unique"}),
+        # A user imported from opensensor keeps its id there: one user per opensensor user, however often
+        # the import runs. Sparse: users made here have none.
+        ([("opensensor_id", ASCENDING)], {"unique": True, "sparse": True, "name": "opensensor_id_unique"}),
     ],
     KEYS: [
         ([("key_id", ASCENDING)], {"unique": True, "name": "key_id_unique"}),
+        # Finds a key imported from opensensor (no id in it) by its SHA-256; one record per secret.
+        ([("key_hash", ASCENDING)], {"unique": True, "name": "key_hash_unique"}),
         # One owner per pair, enforced by the database, not by read-then-write.
         ([("device_id", ASCENDING), ("device_name", ASCENDING)], {"unique": True, "name": "pair_unique"}),
         ([("device_name", ASCENDING), ("owner_id", ASCENDING)], {"name": "name_owner"}),

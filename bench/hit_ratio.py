@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.cache_bench import Group, start_secantus  # noqa: E402
+from bench.sections import write_section  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -193,15 +194,7 @@ def run_variant(name, app, env, pairs, args, warmers: bool, workdir: Path) -> di
 
 
 def write_doc(table: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    body = f"{SECTION}\n\n{table}\n"
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        nxt = rest.find("\n## ")
-        text = head + body + (rest[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    DOC.write_text(text)
+    write_section(SECTION, table, DOC)
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ from app.validation import is_int, json_object, reject_unknown
 
 bp = Blueprint("cache", __name__, url_prefix="/cache")
 MAX_PATTERN = 512
+WARM_FIELDS = {"limit"}  # the bodies of POST /cache/warm and /cache/invalidate
+INVALIDATE_FIELDS = {"pattern"}
 
 
 @bp.before_request
@@ -37,7 +39,7 @@ def show_history():
 @bp.post("/warm")
 def warm():
     body = json_object(optional=True)
-    reject_unknown(body, {"limit"}, "")
+    reject_unknown(body, WARM_FIELDS, "")
     limit = body.get("limit")
     if limit is not None and (not is_int(limit) or not 1 <= limit <= 10_000):
         raise validation_error("limit must be a whole number from 1 to 10000", field="limit")
@@ -58,7 +60,7 @@ def clear():
 @bp.post("/invalidate")
 def invalidate():
     body = json_object()
-    reject_unknown(body, {"pattern"}, "")
+    reject_unknown(body, INVALIDATE_FIELDS, "")
     pattern = body.get("pattern")
     if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_PATTERN:
         raise validation_error(

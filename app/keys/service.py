@@ -15,16 +15,20 @@ from app.timeutil import isoformat, utcnow_ms
 from app.validation import check_pair, reject_unknown
 
 PUBLIC_FIELDS = ("key_id", "masked", "device_id", "device_name", "description", "private", "created_at")
+NEW_KEY_FIELDS = {"device_id", "device_name", "description", "private"}  # the body of POST /api/v1/api-keys
+MAX_DESCRIPTION = 256
 
 
 def parse_new_key(body: dict[str, Any]) -> dict[str, Any]:
-    reject_unknown(body, {"device_id", "device_name", "description", "private"}, "")
+    reject_unknown(body, NEW_KEY_FIELDS, "")
     check_pair(body.get("device_id"), body.get("device_name"))
     description = body.get("description", "")
     if description is None:
         description = ""
-    if not isinstance(description, str) or len(description) > 256:
-        raise validation_error("description must be a string of at most 256 characters", field="description")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise validation_error(
+            f"description must be a string of at most {MAX_DESCRIPTION} characters", field="description"
+        )
     private = body.get("private", False)
     if not isinstance(private, bool):
         raise validation_error("private must be true or false", field="private")

@@ -22,6 +22,7 @@ NUMERIC: dict[str, tuple[float | None, float | None]] = {
 }
 OTHER = ("moisture", "liquid", "relays", "pumps")
 MEASUREMENTS = (*NUMERIC, *OTHER)  # what a push may store, in the spec's order
+READINGS_FIELDS = {*MEASUREMENTS, "temp_unit", "pressure_unit"}  # the ``readings`` object of a push
 QUERYABLE = (*MEASUREMENTS, "vpd")
 NUMERIC_RESULTS = (*NUMERIC, "vpd")
 AGGS = ("avg", "min", "max", "first", "last")
@@ -90,7 +91,7 @@ def parse_readings(readings: Any) -> dict[str, Any]:
     """Validate a push's ``readings`` object; return the fields to store (temp in °C)."""
     if not isinstance(readings, dict):
         raise _bad("readings", "must be an object")
-    reject_unknown(readings, {*MEASUREMENTS, "temp_unit", "pressure_unit"}, "readings.")
+    reject_unknown(readings, READINGS_FIELDS, "readings.")
     if not any(name in readings for name in MEASUREMENTS):
         raise _bad("readings", "at least one measurement is required")
     values: dict[str, Any] = {}

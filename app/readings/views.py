@@ -11,6 +11,7 @@ from app.readings.service import query_readings, store_reading
 from app.validation import check_pair, json_object, reject_unknown, valid_pair
 
 bp = Blueprint("readings", __name__, url_prefix="/api/v1")
+PUSH_FIELDS = {"device_id", "device_name", "readings"}  # the body of POST /api/v1/readings
 
 
 @bp.post("/readings")
@@ -28,7 +29,7 @@ def push():
             raise invalid("invalid API key")
         check_pair(device_id, device_name)
         raise APIError(403, "device_mismatch", "this API key belongs to another device")
-    reject_unknown(body, {"device_id", "device_name", "readings"}, "")
+    reject_unknown(body, PUSH_FIELDS, "")
     if "readings" not in body:
         raise APIError(400, "validation_error", "readings is required", {"field": "readings"})
     values = parse_readings(body["readings"])

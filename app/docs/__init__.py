@@ -1,0 +1,1 @@
+"""The service's machine-readable description (``GET /openapi.json``) and its page (``GET /docs``)."""

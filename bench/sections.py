@@ -1,0 +1,20 @@
+"""docs/BENCHMARKS.md has one section per benchmark; a re-run replaces only its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+
+
+def write_section(section: str, body: str, doc: Path = DOC) -> None:
+    """Put ``body`` under the heading ``section`` (``## …``), replacing what was there, or append it."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    block = f"{section}\n\n{body}\n"
+    if section in text:
+        head, _, rest = text.partition(section)
+        nxt = rest.find("\n## ")
+        text = head + block + (rest[nxt + 1 :] if nxt >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    doc.write_text(text)
