@@ -14,9 +14,12 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from flask import request
 
+from app.cache.device_cache import USER, device_cache
+from app.cache.user_cache import cached_user
 from app.db import KEYS, USERS
 from app.errors import APIError
 from app.extensions import mongo
@@ -78,10 +81,25 @@ def current_user() -> User | None:
     if scheme.lower() != "bearer" or not token:
         raise invalid("malformed Authorization header, expected 'Bearer <token>'")
     user_id = secret_id(token, TOKEN_PREFIX)
-    doc = mongo.db[USERS].find_one({"user_id": user_id}) if user_id else None
-    if doc is None or not same_hash(doc.get("token_hash"), token):
+    doc = cached_user(device_cache(), user_id, load_user) if user_id else None
+    if doc is None or not doc["found"] or not same_hash(doc.get("token_hash"), token):
         raise invalid("invalid bearer token")
-    return User(doc["user_id"], doc["name"], bool(doc.get("admin")))
+    return User(doc["user_id"], doc["name"], doc["admin"])
+
+
+def load_user(user_id: str) -> dict[str, Any]:
+    """The user as the cache keeps it: what a request needs, and its token's hash to compare."""
+    doc = mongo.db[USERS].find_one({"user_id": user_id}, {"_id": 0, "name": 1, "admin": 1, "token_hash": 1})
+    if doc is None:
+        return {"v": USER.version, "found": False}
+    return {
+        "v": USER.version,
+        "found": True,
+        "user_id": user_id,
+        "name": doc["name"],
+        "admin": bool(doc.get("admin")),
+        "token_hash": doc["token_hash"],
+    }
 
 
 def require_user() -> User:

@@ -1,10 +1,11 @@
-"""Flask CLI: ``users create``, ``init-db`` and ``demo-data``."""
+"""Flask CLI: ``users create|rotate-token|delete``, ``init-db`` and ``demo-data``."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
+import secrets
 from datetime import timedelta
 
 import click
@@ -12,7 +13,9 @@ from flask.cli import with_appcontext
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from app.auth import TOKEN_PREFIX, User, hash_secret, new_secret
-from app.db import READINGS, USERS, ensure_schema
+from app.cache.device_cache import device_cache
+from app.cache.user_cache import forget_user
+from app.db import KEYS, READINGS, USERS, ensure_schema
 from app.errors import APIError
 from app.extensions import mongo
 from app.keys.service import create_key
@@ -39,6 +42,82 @@ def create_user(name: str, admin: bool) -> None:
     except PyMongoError as exc:
         raise click.ClickException(f"MongoDB is unavailable: {exc.__class__.__name__}") from None
     click.echo(json.dumps({"user_id": user.user_id, "name": user.name, "admin": user.admin, "token": token}))
+
+
+@users.command("rotate-token")
+@click.argument("name")
+@with_appcontext
+def rotate_token(name: str) -> None:
+    """Give a user a new token; the old one is refused on every replica once this returns.
+
+    The last line of output is the same JSON as ``users create`` prints, with the new token.
+    """
+    doc = find_user(name)
+    token = f"{TOKEN_PREFIX}_{doc['user_id']}_{secrets.token_urlsafe(32)}"
+    try:
+        mongo.db[USERS].update_one({"user_id": doc["user_id"]}, {"$set": {"token_hash": hash_secret(token)}})
+    except PyMongoError as exc:
+        raise click.ClickException(f"MongoDB is unavailable: {exc.__class__.__name__}") from None
+    revoke_cached(doc["user_id"], "the token was replaced in MongoDB")
+    click.echo(
+        json.dumps({"user_id": doc["user_id"], "name": doc["name"], "admin": bool(doc.get("admin")), "token": token})
+    )
+
+
+@users.command("delete")
+@click.argument("name")
+@click.option("--delete-keys", is_flag=True, help="Also delete the user's device keys (their devices become unknown).")
+@with_appcontext
+def delete_user(name: str, delete_keys: bool) -> None:
+    """Delete a user; its token is refused on every replica once this returns.
+
+    A user who still owns device keys is kept, unless ``--delete-keys`` deletes those too
+    (their readings stay in MongoDB, but nobody can read them any more).
+    """
+    doc = find_user(name)
+    try:
+        owned = mongo.db[KEYS].count_documents({"owner_id": doc["user_id"]})
+        if owned and not delete_keys:
+            raise click.ClickException(
+                f"{name!r} still owns {owned} device key(s): delete them first, or pass --delete-keys"
+            )
+        pairs = delete_keys_of(doc["user_id"]) if owned else []
+        mongo.db[USERS].delete_one({"user_id": doc["user_id"]})
+    except PyMongoError as exc:
+        raise click.ClickException(f"MongoDB is unavailable: {exc.__class__.__name__}") from None
+    revoke_cached(doc["user_id"], "the user was deleted from MongoDB", pairs)
+    click.echo(
+        json.dumps({"user_id": doc["user_id"], "name": doc["name"], "deleted": True, "keys_deleted": len(pairs)})
+    )
+
+
+def find_user(name: str) -> dict:
+    try:
+        doc = mongo.db[USERS].find_one({"name": name})
+    except PyMongoError as exc:
+        raise click.ClickException(f"MongoDB is unavailable: {exc.__class__.__name__}") from None
+    if doc is None:
+        raise click.ClickException(f"no user named {name!r}")
+    return doc
+
+
+def delete_keys_of(user_id: str) -> list[tuple[str, str]]:
+    """Delete every key of a user; the pairs whose cached lookups are stale now."""
+    docs = list(mongo.db[KEYS].find({"owner_id": user_id}, {"_id": 0, "device_id": 1, "device_name": 1}))
+    mongo.db[KEYS].delete_many({"owner_id": user_id})
+    return [(doc["device_id"], doc["device_name"]) for doc in docs]
+
+
+def revoke_cached(user_id: str, done: str, pairs: list[tuple[str, str]] | None = None) -> None:
+    """Drop the user's cached entry (and lookups of its devices) everywhere, or fail loudly."""
+    dc = device_cache()
+    if pairs:
+        dc.invalidate(pairs)
+    if not forget_user(dc, user_id):
+        raise click.ClickException(
+            f"{done}, but the cache's Redis could not be reached to drop the old entry: replicas may accept "
+            f"the old token for up to {dc.ttl}s. Run the command again once Redis answers."
+        )
 
 
 def add_user(name: str, admin: bool) -> tuple[User, str]:

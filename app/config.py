@@ -37,6 +37,16 @@ def _positive_int(name: str, raw: str) -> int:
     return value
 
 
+def _non_negative_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {raw!r}")
+    return value
+
+
 def _positive_float(name: str, raw: str) -> float:
     try:
         value = float(raw)
@@ -173,6 +183,8 @@ SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
     "CACHE_SOCKET_TIMEOUT": ("0.1", _positive_float),
     "CACHE_BREAKER_THRESHOLD": ("3", _positive_int),
     "CACHE_PROBE_INTERVAL": ("0.1", _positive_float),
+    "L1_CACHE_SIZE": ("10000", _non_negative_int),
+    "L1_CACHE_TTL": (None, _positive_float),  # default: 60, or DEVICE_CACHE_TTL if shorter
     "CACHE_REPLICA_WAIT_MS": ("50", _positive_int),
     "CACHE_FLUSH_INTERVAL": ("1", _positive_float),
     "CACHE_LOCK_TIMEOUT": ("2", _positive_float),
@@ -206,6 +218,9 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
             continue
         config[name] = parse(name, raw.strip())
     check_topology(config)
+    config.setdefault("L1_CACHE_TTL", min(60.0, config["DEVICE_CACHE_TTL"]))
+    if config["L1_CACHE_TTL"] > config["DEVICE_CACHE_TTL"]:
+        raise ConfigError("L1_CACHE_TTL must not be above DEVICE_CACHE_TTL")
     config.setdefault("STATS_HISTORY_SIZE", max(1, 86400 // config["STATS_INTERVAL"]))
     if config["CACHE_REPLICA_WAIT_MS"] >= config["CACHE_SOCKET_TIMEOUT"] * 1000:
         raise ConfigError("CACHE_REPLICA_WAIT_MS must be shorter than CACHE_SOCKET_TIMEOUT")

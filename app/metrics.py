@@ -71,6 +71,11 @@ cache_invalidations = Counter(
     "Cached lookups dropped because an API key of their device changed.",
     ["cache"],
 )
+cache_l1_hits = Counter(
+    "opensensor_cache_l1_hits_total",
+    'The part of the hits (result="hit") answered by the process\'s near cache, without Redis.',
+    ["cache"],
+)
 # livemax: 1 while any live worker's breaker is open; a dead worker's file goes with it (child_exit).
 cache_breaker_open = Gauge(
     "opensensor_cache_breaker_open",
@@ -79,13 +84,15 @@ cache_breaker_open = Gauge(
     multiprocess_mode="livemax",
 )
 
-CACHE = "device"  # the one cache today; its label value
-# DeviceCache._count's event names -> the counter child each one increments.
+CACHE = "device"  # the device lookups; the label value of the breaker and errors
+CACHES = ("device", "user")  # the kinds of lookup the cache holds (a verified token's user)
+# DeviceCache._count's event names -> the counter and the labels (after ``cache``) it increments.
 CACHE_EVENTS: dict[str, tuple[Counter, tuple[str, ...]]] = {
-    "hits": (cache_gets, (CACHE, "hit")),
-    "misses": (cache_gets, (CACHE, "miss")),
-    "loads": (cache_loads, (CACHE,)),
-    "errors": (cache_errors, (CACHE,)),
+    "hits": (cache_gets, ("hit",)),
+    "misses": (cache_gets, ("miss",)),
+    "l1_hits": (cache_l1_hits, ()),
+    "loads": (cache_loads, ()),
+    "errors": (cache_errors, ()),
 }
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -96,7 +103,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 ENVIRON_KEY = "opensensor.request"  # the request's log fields, for gunicorn's access line
 
 _recording = False
-_increments: dict[str, Callable[[], None]] = {}
+_increments: dict[tuple[str, str], Callable[[], None]] = {}
 
 
 def register_metrics(app: Flask) -> None:
@@ -118,10 +125,11 @@ def multiprocess_dir() -> str | None:
 
 
 def _create_known_series() -> None:
-    for name, (counter, labels) in CACHE_EVENTS.items():
-        _increments[name] = counter.labels(*labels).inc
-    for metric in (cache_load_duration, cache_invalidations):
-        metric.labels(CACHE)
+    for cache in CACHES:
+        for name, (counter, labels) in CACHE_EVENTS.items():
+            _increments[name, cache] = counter.labels(cache, *labels).inc
+        for metric in (cache_load_duration, cache_invalidations):
+            metric.labels(cache)
     cache_breaker_open.labels(CACHE).set(0)
     # The scrape's own series, as Prometheus's Go client does for its handler.
     http_requests.labels("GET", SCRAPE_ROUTE, "200")
@@ -131,20 +139,20 @@ def _create_known_series() -> None:
 # -- what other modules call ----------------------------------------------------------------
 
 
-def cache_event(name: str) -> None:
-    """One counted event of the device cache: ``hits``, ``misses``, ``loads`` or ``errors``."""
+def cache_event(name: str, cache: str = CACHE) -> None:
+    """One counted event of a kind of lookup: ``hits``, ``misses``, ``l1_hits``, ``loads``, ``errors``."""
     if _recording:
-        _increments[name]()
+        _increments[name, cache]()
 
 
-def load_timer() -> AbstractContextManager[object]:
+def load_timer(cache: str = CACHE) -> AbstractContextManager[object]:
     """Times one MongoDB load of the cache (a ``with`` block)."""
-    return cache_load_duration.labels(CACHE).time() if _recording else nullcontext()
+    return cache_load_duration.labels(cache).time() if _recording else nullcontext()
 
 
-def cache_invalidated(count: int) -> None:
+def cache_invalidated(count: int, cache: str = CACHE) -> None:
     if _recording and count:
-        cache_invalidations.labels(CACHE).inc(count)
+        cache_invalidations.labels(cache).inc(count)
 
 
 def breaker_changed(is_open: bool) -> None:
@@ -153,7 +161,7 @@ def breaker_changed(is_open: bool) -> None:
 
 
 def note_cache_result(result: str) -> None:
-    """The device cache's answer to this request (``hit``, ``miss``, ``bypass``), for its log line."""
+    """The device cache's answer to this request (``l1``, ``hit``, ``miss``, ``bypass``), for its log line."""
     if has_request_context():
         g.cache_result = result
 

@@ -230,6 +230,23 @@ class Topology:
         kwargs = client.connection_pool.connection_kwargs
         return [(f"{kwargs.get('host', kwargs.get('path'))}:{kwargs.get('port', '')}", client)]
 
+    def primary_names(self, client: Any) -> list[str]:
+        """Where the primaries are, as far as this client knows without asking anyone."""
+        if self.kind == "cluster":
+            return [node.name for node in client.cluster.get_primaries()]
+        if self.kind == "sentinel":
+            address = client.connection_pool.master_address
+            return [f"{address[0]}:{address[1]}"] if address else []
+        return [name for name, _ in self.primaries(client)]
+
+    def listener_connections(self, client: Any, options: dict[str, Any]) -> list[tuple[str, Any]]:
+        """A new, unpooled connection to every primary (the near cache's tracking connections)."""
+        connections = []
+        for name, node in self.primaries(client):
+            pool = node.connection_pool
+            connections.append((name, pool.connection_class(**{**pool.connection_kwargs, **options})))
+        return connections
+
     def by_slot(self, client: Any, keys: Iterable[str]) -> dict[str, tuple[Redis, list[list[str]]]]:
         """The keys grouped by the primary that holds them, then by slot (multi-key commands
         on a Cluster must stay within one slot): ``{node name: (node client, [keys of a slot])}``."""

@@ -73,3 +73,12 @@ def meta_key(prefix: str, name: str) -> str:
 def lock_key(prefix: str, key: str) -> str:
     """The fill lock of a lookup key (relative to the prefix), in the value key's slot."""
     return f"{prefix}lock:{{{prefix}{key}}}"
+
+
+def without_l1(counters: dict) -> dict:
+    """The counters but ``l1_hits`` (how many of the hits the near cache answered depends on when
+    its listener got subscribed), checked to be a part of the hits."""
+    counters = dict(counters)
+    l1_hits = counters.pop("l1_hits")
+    assert 0 <= l1_hits <= counters["hits"], (l1_hits, counters)
+    return counters

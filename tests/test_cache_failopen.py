@@ -12,7 +12,7 @@ import redis
 
 from app.devices.lookup import SCHEMA_VERSION, lookup_device
 from tests.conftest import all_topologies, bearer, build_app, create_user, register, stop_app
-from tests.helpers import push, read
+from tests.helpers import push, read, without_l1
 from tests.servers import free_port
 
 pytestmark = all_topologies
@@ -228,7 +228,7 @@ def test_unusable_entry_counts_as_a_miss_and_is_replaced_at_once(settings, raw, 
         assert value["v"] == SCHEMA_VERSION and value["chain"] == ["dev-1"]
         counters = app.extensions["device_cache"]
         counters.flush()
-        assert counters.counters() | {"hit_ratio": None} == {
+        assert without_l1(counters.counters()) | {"hit_ratio": None} == {
             "hits": 1,
             "misses": 1,
             "loads": 1,
@@ -251,13 +251,14 @@ def test_counters_sent_while_redis_hangs_are_counted_once(settings, redis_alive)
         redis_alive.pause()
         try:
             dc.flush()  # times out; Redis has the batch in its socket buffer
-            assert dc.pending_counts() == {"hits": 4, "misses": 1, "loads": 1, "errors": 0}
+            # the flush that timed out is a failed cache operation: counted with the batch after
+            assert without_l1(dc.pending_counts()) == {"hits": 4, "misses": 1, "loads": 1, "errors": 1}
         finally:
             redis_alive.resume()
         assert client.get("/api/v1/devices/ghost/room").status_code == 404
         assert wait_until(lambda: not dc.breaker.is_open)
         dc.flush()
-        assert dc.counters() == {"hits": 5, "misses": 1, "loads": 1, "errors": 0, "hit_ratio": 5 / 6}
+        assert without_l1(dc.counters()) == {"hits": 5, "misses": 1, "loads": 1, "errors": 1, "hit_ratio": 5 / 6}
     finally:
         stop_app(app)
 

@@ -200,11 +200,12 @@ class Prometheus:
         assert body["status"] == "success", body
         return body["data"]["result"]
 
-    def wait_for(self, expr: str, want: float, timeout: float = 30) -> list[dict[str, Any]]:
+    def wait_for(self, expr: str, want: float, timeout: float = 30, **labels: str) -> list[dict[str, Any]]:
+        """Until every series of ``expr`` (those with these labels) has the value ``want``."""
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, self.log.read_text()
-            result = self.query(expr)
+            result = [item for item in self.query(expr) if labels.items() <= item["metric"].items()]
             if result and all(float(item["value"][1]) == pytest.approx(want) for item in result):
                 return result
             if time.monotonic() > deadline:
@@ -220,15 +221,16 @@ def test_real_prometheus_computes_the_hit_ratio_the_test_caused(app, client, liv
     replica = live_replica(workers=2)
     with Prometheus(tmp_path, f"127.0.0.1:{replica.port}") as prom:
         # Scraped before any lookup: both series start at 0 in the window, so rate() scales both alike.
-        prom.wait_for('count(opensensor_cache_gets_total{job="opensensor-web"})', 2)
+        # (hit and miss, of device lookups and of the verified tokens' users)
+        prom.wait_for('count(opensensor_cache_gets_total{job="opensensor-web"})', 4)
         prom.wait_for('sum(opensensor_cache_gets_total{job="opensensor-web"})', 0)
         for device_id in devices:  # one miss, then three hits each: 12 / 16
             for _ in range(4):
                 with urllib.request.urlopen(f"{replica.url}/api/v1/devices/{device_id}/room", timeout=10) as r:
                     assert r.status == 200
         prom.wait_for('sum(opensensor_cache_gets_total{job="opensensor-web"})', 16)
-        (sample,) = prom.wait_for(hit_ratio_expr(), 0.75)
+        (sample,) = prom.wait_for(hit_ratio_expr(), 0.75, cache="device")
         assert sample["metric"] == {"cache": "device"}
-        prom.wait_for(HIT_RATIO_RULE, 0.75)  # the recording rule the alert reads
+        prom.wait_for(HIT_RATIO_RULE, 0.75, cache="device")  # the recording rule the alert reads
         (up,) = prom.query('up{job="opensensor-web"}')
         assert up["value"][1] == "1"

@@ -39,7 +39,7 @@ def test_stats_task_appends_capped_history_and_sets_last_run(make_app, raw):
     assert [r["at"] for r in results] == sorted(r["at"] for r in results)
     assert results[-1]["hits"] == 2 and results[-1]["misses"] == 1 and results[-1]["loads"] >= 1
     assert results[-1]["hit_ratio"] == pytest.approx(2 / 3)
-    assert results[-1]["keys"] == 1  # the lookup of d1
+    assert results[-1]["keys"] == 2  # the lookup of d1, and the owner's verified token
 
     body = client.get("/cache/stats", headers=admin).get_json()
     assert body["collector"]["last_run"] == results[-1]["at"]

@@ -19,7 +19,7 @@ from app.cache.keys import KeySpace
 from app.cache.replicas import Replicas
 from app.redis_topology import Topology
 
-COUNTERS = ("hits", "misses", "loads", "errors")
+COUNTERS = ("hits", "misses", "loads", "errors", "l1_hits")  # l1_hits: the part of hits answered in process
 MAX_BUFFERED_PAIRS = 10_000
 
 # KEYS: stats hash, hot set, this process's last batch number. ARGV: batch number, how many
@@ -61,11 +61,11 @@ class CounterBuffer:
             if key is not None and (key in self._hot or len(self._hot) < MAX_BUFFERED_PAIRS):
                 self._hot[key] += 1
 
-    def pending(self) -> dict[str, int]:
-        """What this process counted that Redis does not have yet."""
+    def pending(self, fields: dict[str, str]) -> dict[str, int]:
+        """What this process counted that Redis does not have yet (``{name: field}``)."""
         unsent = self._unsent
         with self._lock:
-            return {name: self._counts[name] + (unsent[1][name] if unsent else 0) for name in COUNTERS}
+            return {name: self._counts[field] + (unsent[1][field] if unsent else 0) for name, field in fields.items()}
 
     def flush(self, client: Any) -> None:
         """Send the unsent batch, then the current buffer; raise (keeping the batch) on failure."""

@@ -20,6 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, current_app
@@ -31,6 +32,7 @@ from app.cache.breaker import CircuitBreaker
 from app.cache.counters import COUNTERS, CounterBuffer
 from app.cache.invalidation import Invalidator
 from app.cache.keys import KeySpace, Pair, device_key
+from app.cache.near import NearCache
 from app.cache.replicas import Replicas
 from app.devices.lookup import SCHEMA_VERSION
 from app.redis_topology import OUTAGE_ERRORS, REDIS_ERRORS, Topology, client_options
@@ -39,6 +41,28 @@ log = logging.getLogger("app.cache")
 
 Loader = Callable[[str, str], dict[str, Any]]
 BatchLoader = Callable[[list[Pair]], list[dict[str, Any]]]
+Loader0 = Callable[[], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of lookup the cache holds: its values' schema version and its counters' names.
+
+    Device lookups are the cache's reason to be (their counters are the spec's ``hits``,
+    ``misses``...; their hotness drives the warm-up); a verified token's user rides on the same
+    machinery (``app/cache/user_cache.py``), counted apart as ``user_hits``...
+    """
+
+    name: str
+    version: int
+    hot: bool = False
+
+    def counter(self, event: str) -> str:
+        return event if self is DEVICE else f"{self.name}_{event}"
+
+
+DEVICE = Kind("device", SCHEMA_VERSION, hot=True)
+USER = Kind("user", 1)
 REFRESH_BATCH = 200
 
 # Take the fill lock unless the value is already there: one round trip for both checks.
@@ -61,11 +85,12 @@ return 0
 
 
 class _Flight:
-    __slots__ = ("done", "value", "invalidated")
+    __slots__ = ("done", "value", "raw", "invalidated")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value: dict[str, Any] | None = None
+        self.raw: bytes | None = None  # the value's JSON when Redis holds exactly it
         self.invalidated = False  # the fill lost its token: an invalidation came during the load
 
 
@@ -92,6 +117,13 @@ class DeviceCache:
         self.replicas = Replicas(config["CACHE_REPLICA_WAIT_MS"])
         self.counters_buffer = CounterBuffer(topology, self.keys, config["HOT_MAX_DEVICES"], self.replicas)
         self.invalidator = Invalidator(topology, self.client, self.replicas, self._failed)
+        self.near = NearCache(
+            config["L1_CACHE_SIZE"],
+            config["L1_CACHE_TTL"],
+            topology,
+            self.client,
+            [self.keys.value("device:"), self.keys.value("user:")],  # what L1 may hold, and Redis tracks
+        )
         # Scripts from bytes: hashing them needs no client (a Cluster's is built on first use).
         self._acquire = Script(self.client, ACQUIRE)
         self._store = Script(self.client, STORE)
@@ -109,44 +141,73 @@ class DeviceCache:
         self._next_flush = 0.0
         self.counters_buffer.after_fork()
         self.invalidator.after_fork()
+        self.near.after_fork()
 
     # -- the hot path -------------------------------------------------------------------
 
     def get(self, device_id: str, device_name: str) -> dict[str, Any]:
-        """The lookup: one GET when warm; on a miss one loader per key across all replicas."""
+        """The device lookup: from L1, else one GET, else one loader per key across all replicas."""
+        return self.lookup(DEVICE, device_key(device_id, device_name), lambda: self.loader(device_id, device_name))
+
+    def lookup(self, kind: Kind, key: str, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Any lookup this cache holds (a device, a verified token's user), by its relative key."""
         if not self._background_started:
             self._start_background()
-        key = device_key(device_id, device_name)
+        full = self.keys.value(key)
+        near = self.near
         readable = self._readable()
-        value = self._read(key) if readable else None
-        self._count("hits" if value is not None else "misses", key)
-        metrics.note_cache_result("hit" if value is not None else "miss" if readable else "bypass")
+        token = None
+        if readable and near.enabled:
+            raw = near.get(full)
+            if raw is not None and (value := self._current(kind, self.backend.serializer.loads(raw))) is not None:
+                self._count(kind, "hits", key)
+                self._count(kind, "l1_hits")
+                if kind is DEVICE:
+                    metrics.note_cache_result("l1")
+                return value
+            token = near.reserve(full)
+        raw = self._read(key) if readable else None
+        value = self._current(kind, self.backend.serializer.loads(raw)) if raw is not None else None
+        self._count(kind, "hits" if value is not None else "misses", key)
+        if kind is DEVICE:
+            metrics.note_cache_result("hit" if value is not None else "miss" if readable else "bypass")
         if value is not None:
+            near.put(full, token, raw, self._ttl_of(value))
             return value
-        return self._fill(key, device_id, device_name)
+        value, raw = self._fill(kind, key, load)
+        if raw is not None:  # the value Redis holds now (not one it refused or never saw)
+            near.put(full, token, raw, self._ttl_of(value))
+        return value
+
+    def _ttl_of(self, value: dict[str, Any]) -> int:
+        return self.ttl if value["found"] else self.negative_ttl
 
     def _readable(self) -> bool:
         """Redis may serve this process: breaker closed, and none of its invalidations pending."""
         return self.breaker.allow() and not self.invalidator.pending
 
-    def _read(self, key: str) -> dict[str, Any] | None:
+    def _read(self, key: str) -> bytes | None:
+        """One GET of prefix + key: the raw JSON (decoded by the caller, and kept raw in L1)."""
         try:
-            value = self.backend.get(key)  # one GET of prefix + key, JSON-decoded
+            raw = self.client.get(self.keys.value(key))
         except REDIS_ERRORS as exc:
             self._failed(exc)
             return None
         self.breaker.success()
-        return self._current(value)
+        return raw
 
     @staticmethod
-    def _current(value: Any) -> dict[str, Any] | None:
+    def _current(kind: Kind, value: Any) -> dict[str, Any] | None:
         """A lookup of this code's schema version; anything else counts as a miss."""
-        return value if isinstance(value, dict) and value.get("v") == SCHEMA_VERSION else None
+        return value if isinstance(value, dict) and value.get("v") == kind.version else None
 
     # -- filling ------------------------------------------------------------------------
 
-    def _fill(self, key: str, device_id: str, device_name: str) -> dict[str, Any]:
-        """Single flight in this process: one thread fills, the others wait for its result."""
+    def _fill(self, kind: Kind, key: str, load: Loader0) -> tuple[dict[str, Any], bytes | None]:
+        """Single flight in this process: one thread fills, the others wait for its result.
+
+        Returns the value and, when Redis holds exactly that value now, its raw JSON (for L1).
+        """
         with self._lock:
             flight = self._flights.get(key)
             leader = flight is None
@@ -157,20 +218,24 @@ class DeviceCache:
             flight.done.wait(self.lock_ms / 1000 * 2)
             if flight.invalidated:
                 # This request may have started after the invalidation: the leader's value is stale.
-                return self._fill(key, device_id, device_name)
-            return flight.value if flight.value is not None else self._load(device_id, device_name)
+                return self._fill(kind, key, load)
+            if flight.value is not None:
+                return flight.value, flight.raw
+            return self._load(kind, load), None
         try:
-            flight.value = self._fill_shared(key, device_id, device_name, flight)
-            return flight.value
+            flight.value, flight.raw = self._fill_shared(kind, key, load, flight)
+            return flight.value, flight.raw
         finally:
             with self._lock:
                 self._flights.pop(key, None)
             flight.done.set()
 
-    def _fill_shared(self, key: str, device_id: str, device_name: str, flight: _Flight | None = None) -> dict[str, Any]:
+    def _fill_shared(
+        self, kind: Kind, key: str, load: Loader0, flight: _Flight | None = None
+    ) -> tuple[dict[str, Any], bytes | None]:
         """Single flight across replicas: a short Redis lock; the others poll for the value."""
         if not self._readable():
-            return self._load(device_id, device_name)
+            return self._load(kind, load), None
         token = secrets.token_hex(8)
         deadline = time.monotonic() + self.lock_ms / 1000
         delay = 0.005
@@ -182,40 +247,40 @@ class DeviceCache:
                 )
             except REDIS_ERRORS as exc:
                 self._failed(exc)
-                return self._load(device_id, device_name)
+                return self._load(kind, load), None
             if outcome[0] == 1:
-                if value := self._current(self.backend.serializer.loads(outcome[1])):
-                    return value  # filled by another replica meanwhile
+                if value := self._current(kind, self.backend.serializer.loads(outcome[1])):
+                    return value, outcome[1]  # filled by another replica meanwhile
                 unusable = outcome[1]  # replace it: retry at once, taking the lock over it
                 continue
             if outcome[0] == 2:
                 break  # we hold the lock
             if time.monotonic() >= deadline:
-                return self._load(device_id, device_name)  # last resort: the holder is stuck
+                return self._load(kind, load), None  # last resort: the holder is stuck
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
-        value = self._load(device_id, device_name)
-        if self._write(key, token, value) is False and flight is not None:
+        value = self._load(kind, load)
+        raw = self.backend.serializer.dumps(value)
+        stored = self._write(kind, key, token, raw, value)
+        if stored is False and flight is not None:
             flight.invalidated = True
-        return value
+        return value, raw if stored else None
 
-    def _write(self, key: str, token: str, value: dict[str, Any]) -> bool | None:
+    def _write(self, kind: Kind, key: str, token: str, raw: bytes, value: dict[str, Any]) -> bool | None:
         """Whether the value was stored; False when our token is gone, None when Redis failed."""
-        ttl = self.ttl if value["found"] else self.negative_ttl
         try:
             stored = self._store(
-                keys=[self.keys.value(key), self.keys.lock(key)],
-                args=[token, self.backend.serializer.dumps(value), ttl],
+                keys=[self.keys.value(key), self.keys.lock(key)], args=[token, raw, self._ttl_of(value)]
             )
         except REDIS_ERRORS as exc:
             self._failed(exc)
             return None
         return bool(stored)
 
-    def _load(self, device_id: str, device_name: str) -> dict[str, Any]:
-        self._count("loads")
-        with metrics.load_timer():
-            return self.loader(device_id, device_name)
+    def _load(self, kind: Kind, load: Loader0) -> dict[str, Any]:
+        self._count(kind, "loads")
+        with metrics.load_timer(kind.name):
+            return load()
 
     def refresh(self, pairs: list[Pair]) -> dict[str, int]:
         """Load and store these pairs through the fill lock (the warm task's path).
@@ -247,12 +312,12 @@ class DeviceCache:
         result["skipped"] = len(pairs) - len(mine)
         if not mine:
             return result
-        self._count("loads")  # one MongoDB query for the whole batch
-        with metrics.load_timer():
+        self._count(DEVICE, "loads")  # one MongoDB query for the whole batch
+        with metrics.load_timer(DEVICE.name):
             values = self.batch_loader([pairs[i] for i in mine])
         pipe = self.client.pipeline(transaction=False)
         for i, value in zip(mine, values, strict=True):
-            ttl = self.ttl if value["found"] else self.negative_ttl
+            ttl = self._ttl_of(value)
             # EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT (a restarted Redis).
             pipe.eval(STORE, 2, self.keys.value(keys[i]), self.keys.lock(keys[i]), tokens[i],
                       self.backend.serializer.dumps(value), ttl)  # fmt: skip
@@ -274,26 +339,42 @@ class DeviceCache:
             keys.update((self.keys.value(key), self.keys.lock(key)))
         if not keys:
             return
-        metrics.cache_invalidated(len(keys) // 2)  # two keys per pair: the lookup and its fill lock
+        self.invalidate_keys(keys, len(keys) // 2)  # two keys per pair: the lookup and its fill lock
+
+    def invalidate_keys(self, keys: set[str], lookups: int, kind: Kind | None = None) -> None:
+        """Drop full keys from Redis (durably, retried) and from this process's L1, at once."""
+        metrics.cache_invalidated(lookups, (kind or DEVICE).name)
+        self.near.discard(keys)
         if not self._background_started:
             self._start_background()
         if not self.invalidator.unlink(keys):
             self._wake.set()
 
+    def wait_invalidated(self, timeout: float) -> bool:
+        """Wait (a command line, not a request) until this process has no invalidation pending."""
+        deadline = time.monotonic() + timeout
+        while self.invalidator.pending:
+            if time.monotonic() > deadline:
+                return False
+            self._wake.set()
+            time.sleep(self.probe_interval / 2)
+        return True
+
     # -- counters -----------------------------------------------------------------------
 
-    def _count(self, name: str, key: str | None = None) -> None:
-        metrics.cache_event(name)
-        self.counters_buffer.count(name, key)
+    def _count(self, kind: Kind, name: str, key: str | None = None) -> None:
+        """One event of a kind of lookup; hotness (``key``) is kept for devices only."""
+        metrics.cache_event(name, kind.name)
+        self.counters_buffer.count(kind.counter(name), key if kind.hot else None)
 
     def _failed(self, exc: BaseException) -> None:
-        self._count("errors")
+        self._count(DEVICE, "errors")
         self.breaker.failure(exc)
 
     def admin_failed(self, exc: BaseException) -> None:
         """An admin call (longer timeouts) found Redis failing: counted, and an outage trips the
         breaker at once."""
-        self._count("errors")
+        self._count(DEVICE, "errors")
         if isinstance(exc, OUTAGE_ERRORS):
             self.breaker.trip(exc)
 
@@ -302,10 +383,11 @@ class DeviceCache:
         try:
             self.counters_buffer.flush(self.client)
         except REDIS_ERRORS as exc:
-            self.breaker.failure(exc)
+            self._failed(exc)  # counted with the next batch
 
-    def pending_counts(self) -> dict[str, int]:
-        return self.counters_buffer.pending()
+    def pending_counts(self, kind: Kind | None = None) -> dict[str, int]:
+        kind = kind or DEVICE
+        return self.counters_buffer.pending({name: kind.counter(name) for name in COUNTERS})
 
     # -- the background thread ------------------------------------------------------------
 
@@ -319,6 +401,7 @@ class DeviceCache:
     def _breaker_changed(self, is_open: bool) -> None:
         metrics.breaker_changed(is_open)
         if is_open:
+            self.near.suspend("the circuit breaker opened")
             self.replicas.forget()
             if not self._background_started:  # whatever opened it, something must probe
                 self._start_background()
@@ -364,6 +447,7 @@ class DeviceCache:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self.near.stop()
         if self._background_started and self.breaker.allow():
             self.flush()
 
@@ -392,10 +476,11 @@ class DeviceCache:
             self._wake.set()
         return True
 
-    def counters(self) -> dict[str, Any]:
-        """The counters summed over every replica (raises a Redis error when unreachable)."""
+    def counters(self, kind: Kind | None = None) -> dict[str, Any]:
+        """A kind's counters summed over every replica (raises a Redis error when unreachable)."""
+        kind = kind or DEVICE
         raw = self.client.hgetall(self.meta + "stats:device")
-        values = {name: int(raw.get(name.encode(), 0)) for name in COUNTERS}
+        values = {name: int(raw.get(kind.counter(name).encode(), 0)) for name in COUNTERS}
         looked_up = values["hits"] + values["misses"]
         values["hit_ratio"] = values["hits"] / looked_up if looked_up else None
         return values

@@ -3,6 +3,7 @@
 Under ``CACHE_KEY_PREFIX`` (what ``/cache/clear`` and ``/cache/invalidate`` walk):
   ``device:<device_id>|<device_name>``               a lookup (the spec's patterns match it)
   ``lock:{<prefix>device:<device_id>|<device_name>}`` its fill lock
+  ``user:<user_id>``                                  a verified token's user (and its fill lock)
 Bookkeeping, beside the prefix so ``/cache/clear`` keeps it (``meta:{<prefix>}…``):
   ``stats:device``, ``hot:device``, ``hot:decayed_at``, ``stats:history``, ``flushed:<token>``,
   ``collector:last_run``, ``warmer:last_run``, ``lock:warm``, ``lock:stats``; and the
@@ -20,6 +21,11 @@ Pair = tuple[str, str]
 
 def device_key(device_id: str, device_name: str) -> str:
     return f"device:{device_id}|{device_name}"
+
+
+def user_key(user_id: str) -> str:
+    """A verified token's user (never the token: its id part, which is not a secret)."""
+    return f"user:{user_id}"
 
 
 def pair_of(key: str) -> Pair:
