@@ -175,7 +175,7 @@ SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
     "CACHE_KEY_PREFIX": ("opensensor:", _prefix),
     "DEVICE_CACHE_TTL": ("300", _positive_int),
     "WARM_INTERVAL": ("240", _positive_int),
-    "WARM_TOP_N": ("100", _positive_int),
+    "WARM_TOP_N": (None, _positive_int),  # unset: every device looked up within DEVICE_CACHE_TTL
     "STATS_INTERVAL": ("60", _positive_int),
     # Our own knobs.
     "LOG_LEVEL": ("INFO", _log_level),
@@ -218,6 +218,7 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
             continue
         config[name] = parse(name, raw.strip())
     check_topology(config)
+    config.setdefault("WARM_TOP_N", None)  # every device looked up within a TTL
     config.setdefault("L1_CACHE_TTL", min(60.0, config["DEVICE_CACHE_TTL"]))
     if config["L1_CACHE_TTL"] > config["DEVICE_CACHE_TTL"]:
         raise ConfigError("L1_CACHE_TTL must not be above DEVICE_CACHE_TTL")

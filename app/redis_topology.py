@@ -37,6 +37,7 @@ from redis.exceptions import (
     TimeoutError,
     TryAgainError,
 )
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -244,7 +245,10 @@ class Topology:
         connections = []
         for name, node in self.primaries(client):
             pool = node.connection_pool
-            connections.append((name, pool.connection_class(**{**pool.connection_kwargs, **options})))
+            kwargs = {k: v for k, v in pool.connection_kwargs.items() if not k.startswith("maint_notifications")}
+            # RESP2 (pub/sub invalidations); redis-py's maintenance notifications need RESP3.
+            kwargs.update(options, maint_notifications_config=MaintNotificationsConfig(enabled=False))
+            connections.append((name, pool.connection_class(**kwargs)))
         return connections
 
     def by_slot(self, client: Any, keys: Iterable[str]) -> dict[str, tuple[Redis, list[list[str]]]]:

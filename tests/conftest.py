@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -19,6 +20,8 @@ from tests.servers import ClusterSet, MongoServer, RedisServer, SentinelSet, mon
 TOPOLOGIES = ("standalone", "sentinel", "cluster")
 # Runs a test module's tests once per Redis topology: ``pytestmark = all_topologies``.
 all_topologies = pytest.mark.parametrize("topology", TOPOLOGIES, indirect=True)
+# Runs tests with the near cache (L1) on (the default) and off: ``pytestmark = near_on_and_off``.
+near_on_and_off = pytest.mark.parametrize("near", ("on", "off"), indirect=True)
 # Runs Celery tests once per broker: the cache's Redis (database 1) and RabbitMQ.
 all_brokers = pytest.mark.parametrize("celery_broker", ("redis", "rabbitmq"), indirect=True)
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -59,6 +62,24 @@ def topology(request) -> str:
 
 
 @pytest.fixture
+def near(request) -> str:
+    """Whether the test's apps run the near cache: on (the default) unless parametrized."""
+    return getattr(request, "param", "on")
+
+
+def near_ready(app: Flask, seconds: float = 10.0) -> None:
+    """Start the app's near cache now and wait until its listeners are subscribed (if it is on)."""
+    near = app.extensions["device_cache"].near
+    if not near.enabled:
+        return
+    near.get("")  # the first use starts the listener thread
+    deadline = time.monotonic() + seconds
+    while not near.serving:
+        assert time.monotonic() < deadline, "the near cache did not get subscribed"
+        time.sleep(0.01)
+
+
+@pytest.fixture
 def celery_broker(request) -> str:
     """The Celery broker of the test: the cache's Redis unless the test is parametrized."""
     return getattr(request, "param", "redis")
@@ -90,7 +111,9 @@ def redis_alive(request, topology: str, redis_server: RedisServer) -> Deployment
 
 
 @pytest.fixture
-def settings(redis_alive: Deployment, redis_server: RedisServer, mongo_uri: str, celery_broker: str) -> Iterator[dict]:
+def settings(
+    redis_alive: Deployment, redis_server: RedisServer, mongo_uri: str, celery_broker: str, near: str
+) -> Iterator[dict]:
     """Settings of one test: its own database, key prefix (and RabbitMQ queue) on the shared servers."""
     tag = uuid.uuid4().hex[:10]
     db = f"test_{tag}"
@@ -102,6 +125,8 @@ def settings(redis_alive: Deployment, redis_server: RedisServer, mongo_uri: str,
         "LOG_LEVEL": "WARNING",
         "CACHE_FLUSH_INTERVAL": 0.2,
     }
+    if near == "off":
+        values["L1_CACHE_SIZE"] = 0
     if celery_broker == "rabbitmq":  # a queue of its own: RabbitMQ is shared by everything on the machine
         values.update(CELERY_BROKER_URL=RABBITMQ_URL, CELERY_QUEUE=f"opensensor-test-{tag}")
     yield values
@@ -140,8 +165,11 @@ def raw(redis_alive: Deployment) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def replicas(settings: dict) -> Iterator[list[Flask]]:
-    """Two apps on the same settings: two replicas sharing MongoDB, Redis and the prefix."""
+    """Two apps on the same settings: two replicas sharing MongoDB, Redis and the prefix
+    (near caches subscribed, so a test sees them serve from the first lookup)."""
     apps = [build_app(settings), build_app(settings)]
+    for app in apps:
+        near_ready(app)
     yield apps
     for app in apps:
         stop_app(app)

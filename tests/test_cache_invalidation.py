@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from app.devices.lookup import lookup_device
-from tests.conftest import all_topologies, bearer, create_user, register
+from tests.conftest import all_topologies, bearer, create_user, near_on_and_off, register
 
-pytestmark = all_topologies
+pytestmark = [all_topologies, near_on_and_off]
 
 WAIT = 10  # seconds: generous bound on any single step, never a timing assertion
 

@@ -52,9 +52,10 @@ CONTRACT_DEFAULTS = {
     "CACHE_KEY_PREFIX": "opensensor:",
     "DEVICE_CACHE_TTL": "300",
     "WARM_INTERVAL": "240",
-    "WARM_TOP_N": "100",
     "STATS_INTERVAL": "60",
 }
+# Contract variables whose default is to be unset (WARM_TOP_N: warm every device seen within a TTL).
+UNSET_BY_DEFAULT = {"WARM_TOP_N"}
 CONTRACT_VARS = set(CONTRACT_DEFAULTS)
 SECRET_VARS = {"MONGO_URI", "REDIS_URL", "CELERY_BROKER_URL"}
 # Ours, read by docker/entrypoint.sh (and LOG_LEVEL by the app too).
@@ -530,6 +531,7 @@ def test_configmap_keeps_the_contract_defaults() -> None:
     data = configmap_data()
     for name in CONTRACT_VARS - SECRET_VARS:
         assert data[name] == CONTRACT_DEFAULTS[name], name
+    assert not UNSET_BY_DEFAULT & set(data)
 
 
 def test_dev_overlay_generates_a_secret_with_the_connection_variables() -> None:
@@ -555,6 +557,7 @@ def test_compose_app_services_use_exactly_the_contract_variables(service: str) -
     assert set(env) <= ALLOWED_VARS, set(env) - ALLOWED_VARS
     for name in CONTRACT_VARS - SECRET_VARS:
         assert str(env[name]) == CONTRACT_DEFAULTS[name], name
+    assert not UNSET_BY_DEFAULT & set(env)
 
 
 def test_compose_keeps_cache_and_broker_in_separate_databases_of_one_redis() -> None:

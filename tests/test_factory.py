@@ -19,7 +19,7 @@ CONTRACT_DEFAULTS = {
     "CACHE_KEY_PREFIX": "opensensor:",
     "DEVICE_CACHE_TTL": 300,
     "WARM_INTERVAL": 240,
-    "WARM_TOP_N": 100,
+    "WARM_TOP_N": None,
     "STATS_INTERVAL": 60,
 }
 

@@ -67,7 +67,10 @@ def test_invalidation_waits_for_a_replica_on_the_connection_that_dropped_the_key
     register(client, owner, "dev-1", "room")
     assert chain(app, "dev-1") == ["dev-1"]
     entry = settings["CACHE_KEY_PREFIX"] + "device:dev-1|room"
-    monitor = Monitor(redis_alive.primary_of(entry).client())
+    primary = redis_alive.primary_of(entry).client()
+    # (the precondition: a replica is attached now; right after a restart it may still be syncing)
+    assert wait_until(lambda: primary.info("replication").get("slave0", {}).get("state") == "online")
+    monitor = Monitor(primary)
     try:
         register(client, owner, "dev-2", "room")
     finally:

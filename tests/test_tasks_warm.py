@@ -14,6 +14,7 @@ from celery.result import AsyncResult
 from flask import Flask
 
 from app.cache.warming import decay_hotness
+from app.devices.lookup import lookup_device
 from tests.conftest import all_brokers, bearer, create_user, register
 from tests.helpers import meta_key
 
@@ -51,6 +52,13 @@ def run_task(celery: Celery, name: str, *args: object) -> dict:
 
 def entry_key(app: Flask, device_id: str, device_name: str = "room") -> str:
     return f"{app.config['CACHE_KEY_PREFIX']}device:{device_id}|{device_name}"
+
+
+def seen(app: Flask, *keys: str) -> None:
+    """Mark device keys as looked up just now (what the counters' flush records of a lookup)."""
+    client = redis.Redis.from_url(app.config["REDIS_URL"])
+    client.zadd(meta_key(app.config["CACHE_KEY_PREFIX"], "seen:device"), dict.fromkeys(keys, time.time()))
+    client.close()
 
 
 def hot_key(app: Flask) -> str:
@@ -95,6 +103,7 @@ def test_warm_task_loads_reach_the_shared_counters_without_a_lookup_in_the_worke
     """A worker process serves no lookups, so nothing but the task itself flushes its loads."""
     app = make_app()
     raw.zadd(hot_key(app), {"device:ghost-1|room": 2, "device:ghost-2|room": 1})
+    seen(app, "device:ghost-1|room", "device:ghost-2|room")
     with running_worker(app) as celery:
         assert run_task(celery, WARM)["warmed"] == 2
     deadline = time.monotonic() + 2.5  # the spec lets counters lag by at most 2 seconds
@@ -153,6 +162,7 @@ def test_hotness_halves_per_half_life_and_forgets_cold_devices(make_app, raw):
 def test_hot_set_is_trimmed_to_the_hottest_max_devices(make_app, raw):
     app = make_app(HOT_MAX_DEVICES=3, WARM_TOP_N=10)
     raw.zadd(hot_key(app), {f"device:g{i}|room": i for i in range(1, 7)})
+    seen(app, *(f"device:g{i}|room" for i in range(1, 7)))
     with running_worker(app) as celery:
         assert run_task(celery, WARM)["warmed"] == 3
     assert raw.zrange(hot_key(app), 0, -1) == [b"device:g4|room", b"device:g5|room", b"device:g6|room"]
@@ -186,3 +196,20 @@ def test_post_cache_warm_is_admin_only_and_validates_limit(make_app):
     for body in ({"limit": 0}, {"limit": "3"}, {"limit": 1.5}, {"limit": True}, {"other": 1}, [1]):
         response = client.post("/cache/warm", json=body, headers=admin)
         assert response.status_code == 400, (body, response.get_json())
+
+
+def test_by_default_a_warm_up_refreshes_every_device_looked_up_within_a_ttl(make_app, raw):
+    """No WARM_TOP_N: not a top 100, every pair seen within DEVICE_CACHE_TTL (at most HOT_MAX_DEVICES)."""
+    app = make_app(DEVICE_CACHE_TTL=60)
+    assert app.config["WARM_TOP_N"] is None
+    with app.app_context():
+        for i in range(150):  # unknown pairs: their (negative) entries are lookups like any other
+            lookup_device(f"ghost-{i}", "room")
+    app.extensions["device_cache"].flush()
+    for i in range(150):
+        raw.delete(entry_key(app, f"ghost-{i}"))
+    raw.zadd(meta_key(app.config["CACHE_KEY_PREFIX"], "seen:device"), {"device:old|room": time.time() - 61})
+    with running_worker(app) as celery:
+        assert run_task(celery, WARM) == {"warmed": 150, "skipped": 0, "errors": 0}
+    assert all(raw.exists(entry_key(app, f"ghost-{i}")) for i in range(150))
+    assert not raw.exists(entry_key(app, "old"))  # last looked up more than a TTL ago: left to expire

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -22,17 +23,23 @@ from app.redis_topology import Topology
 COUNTERS = ("hits", "misses", "loads", "errors", "l1_hits")  # l1_hits: the part of hits answered in process
 MAX_BUFFERED_PAIRS = 10_000
 
-# KEYS: stats hash, hot set, this process's last batch number. ARGV: batch number, how many
-# counters, the hot set's bound, then counter/amount pairs and hot key/amount pairs.
+# KEYS: stats hash, hot set (decayed lookups per pair), seen set (last lookup time per pair),
+# this process's last batch number. ARGV: batch number, how many counters, the sets' bound, the
+# batch's time (Unix seconds), then counter/amount pairs and hot key/amount pairs.
 FLUSH = """
 local seq = tonumber(ARGV[1])
-if tonumber(redis.call('GET', KEYS[3]) or '0') >= seq then return 0 end
-redis.call('SET', KEYS[3], ARGV[1], 'EX', 86400)
+if tonumber(redis.call('GET', KEYS[4]) or '0') >= seq then return 0 end
+redis.call('SET', KEYS[4], ARGV[1], 'EX', 86400)
 local n = tonumber(ARGV[2])
-for i = 4, 3 + 2 * n, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
-for i = 4 + 2 * n, #ARGV, 2 do redis.call('ZINCRBY', KEYS[2], ARGV[i + 1], ARGV[i]) end
--- keep the hot set bounded between warm-ups: only the ARGV[3] hottest pairs stay
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
+local bound = tonumber(ARGV[3])
+for i = 5, 4 + 2 * n, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5 + 2 * n, #ARGV, 2 do
+  redis.call('ZINCRBY', KEYS[2], ARGV[i + 1], ARGV[i])
+  redis.call('ZADD', KEYS[3], 'GT', ARGV[4], ARGV[i])
+end
+-- both sets stay bounded between warm-ups: the hottest pairs, the most recently looked up
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(bound + 1))
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(bound + 1))
 return 1
 """
 
@@ -53,7 +60,7 @@ class CounterBuffer:
         self._hot: Counter[str] = Counter()
         self._token = secrets.token_hex(8)
         self._seq = 0
-        self._unsent: tuple[int, Counter[str], Counter[str]] | None = None
+        self._unsent: tuple[int, Counter[str], Counter[str], float] | None = None
 
     def count(self, name: str, key: str | None = None) -> None:
         with self._lock:
@@ -79,13 +86,13 @@ class CounterBuffer:
                     if not counts and not hot:
                         return
                     self._seq += 1
-                    batch = self._unsent = (self._seq, counts, hot)
+                    batch = self._unsent = (self._seq, counts, hot, time.time())
                 if not self._send(client, *batch):
                     return  # applied, but no replica has it yet: resent (as a no-op) next time
                 self._unsent = None
 
-    def _send(self, client: Any, seq: int, counts: Counter[str], hot: Counter[str]) -> bool:
-        args: list[Any] = [seq, len(counts), self.hot_max]
+    def _send(self, client: Any, seq: int, counts: Counter[str], hot: Counter[str], at: float) -> bool:
+        args: list[Any] = [seq, len(counts), self.hot_max, at]
         for name, amount in counts.items():
             args += (name, amount)
         for key, amount in hot.items():
@@ -93,6 +100,7 @@ class CounterBuffer:
         keys = [
             self.keys.meta + "stats:device",
             self.keys.meta + "hot:device",
+            self.keys.meta + "seen:device",
             f"{self.keys.meta}flushed:{self._token}",
         ]
         [(name, (node, _))] = self.topology.by_slot(client, keys).items()  # one slot: one primary

@@ -222,6 +222,7 @@ class NearCache:
     def stop(self) -> None:
         self._stop.set()
         with self._lock:
+            self._serving = False  # (quietly: nothing went wrong)
             self._incoherent("stopped")
 
     def _subscribe(self) -> None:
@@ -246,12 +247,19 @@ class NearCache:
     def _run(self) -> None:
         stop = self._stop
         next_ping = 0.0
+        failed = False
         while not stop.is_set():
             if not self._serving:
                 try:
                     self._subscribe()
                 except REDIS_ERRORS + (OSError,):
                     stop.wait(RETRY_INTERVAL)
+                    continue
+                except Exception:  # a bug must not end the thread: L1 stays off, and says why once
+                    if not failed:
+                        log.exception("near cache cannot subscribe; it stays off")
+                    failed = True
+                    stop.wait(RETRY_INTERVAL * 10)
                     continue
             now = time.monotonic()
             with self._lock:

@@ -13,7 +13,7 @@ from typing import Any
 
 from redis import Redis
 
-from app.cache.device_cache import DeviceCache
+from app.cache.device_cache import USER, DeviceCache
 from app.errors import APIError
 from app.redis_topology import REDIS_ERRORS
 from app.timeutil import isoformat, parse_iso, utcnow_ms
@@ -158,6 +158,7 @@ def stats(dc: DeviceCache, stats_interval: int) -> dict[str, Any]:
         body["redis"] = {"reachable": True, **info}
         body["keys"]["count"] = count_keys(dc, client)
         body["lookups"]["device"] = {**dc.counters(), "scope": "all replicas"}
+        body["lookups"]["user"] = {**dc.counters(USER), "scope": "all replicas"}  # verified bearer tokens
         body["collector"] = collector_state(dc, client, stats_interval)
     except (*REDIS_ERRORS, APIError) as exc:
         if not isinstance(exc, APIError):

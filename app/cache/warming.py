@@ -1,8 +1,9 @@
 """Hotness and refresh-ahead: keep the devices people look at warm.
 
-Every lookup adds to its pair's score in the ``hot:device`` sorted set (buffered with the
-counters, so no extra round trip). Scores decay with a half-life (``HOT_HALF_LIFE``), so
-yesterday's hot devices cool down, and the set is trimmed to ``HOT_MAX_DEVICES``.
+Every lookup adds to its pair's score in the ``hot:device`` sorted set and sets its last
+lookup time in ``seen:device`` (both buffered with the counters, so no extra round trip).
+Scores decay with a half-life (``HOT_HALF_LIFE``), so yesterday's hot devices cool down; both
+sets are trimmed to ``HOT_MAX_DEVICES``.
 """
 
 from __future__ import annotations
@@ -50,9 +51,16 @@ def decay_hotness(dc: DeviceCache, now: float | None = None) -> int:
     )
 
 
-def hottest(dc: DeviceCache, limit: int) -> list[tuple[str, str]]:
-    keys = dc.client.zrevrange(dc.meta + "hot:device", 0, limit - 1)
-    return [pair_of(key.decode()) for key in keys]
+def recently_looked_up(dc: DeviceCache, since: float, limit: int) -> list[tuple[str, str]]:
+    """Every pair looked up since ``since`` (Unix time), the hottest first; at most ``limit``."""
+    seen = dc.meta + "seen:device"
+    dc.client.zremrangebyscore(seen, "-inf", f"({since}")  # forgotten: not looked up within a TTL
+    keys = dc.client.zrangebyscore(seen, since, "+inf")
+    if not keys:
+        return []
+    scores = dc.client.zmscore(dc.meta + "hot:device", keys)
+    ranked = sorted(zip(keys, scores, strict=True), key=lambda pair: -(pair[1] or 0.0))
+    return [pair_of(key.decode()) for key, _ in ranked[:limit]]
 
 
 def refresh_below(config: dict[str, Any]) -> float:
@@ -61,17 +69,25 @@ def refresh_below(config: dict[str, Any]) -> float:
 
 
 def warm_hot_devices(limit: int | None = None) -> dict[str, Any]:
-    """Refresh the hottest devices whose entries are missing or near their end of life."""
+    """Refresh the devices looked up within the last ``DEVICE_CACHE_TTL`` whose entries are missing
+    or would expire before the next run: all of them (at most ``HOT_MAX_DEVICES``, the bound of the
+    set that remembers them), or the hottest ``limit`` / ``WARM_TOP_N`` when given.
+
+    A device costs one miss per TTL in which it is looked up unless it is refreshed: warming only
+    a top 100 barely moves the hit ratio of a long tail (docs/BENCHMARKS.md), warming every device
+    seen within a TTL removes those misses.
+    """
     dc: DeviceCache = current_app.extensions["device_cache"]
     config = current_app.config
-    limit = limit or config["WARM_TOP_N"]
+    limit = limit or config.get("WARM_TOP_N")
     result: dict[str, Any] = {"warmed": 0, "skipped": 0, "errors": 0}
     try:
         with run_lock(dc.client, dc.meta + "lock:warm", config["TASK_TIME_LIMIT"] * 1000) as held:
             if not held:
                 return {**result, "overlap": True}
             decay_hotness(dc)
-            pairs = hottest(dc, limit)
+            cap = min(limit or config["HOT_MAX_DEVICES"], config["HOT_MAX_DEVICES"])
+            pairs = recently_looked_up(dc, time.time() - config["DEVICE_CACHE_TTL"], cap)
             pipe = dc.client.pipeline(transaction=False)
             for device_id, device_name in pairs:
                 pipe.pttl(dc.keys.value(device_key(device_id, device_name)))

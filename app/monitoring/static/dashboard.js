@@ -147,7 +147,7 @@
     $("hit-ratio").textContent = pct(lookups.hit_ratio);
     $("hit-ratio-note").textContent = "since the counters began (" + (lookups.scope || "all replicas") + ")";
     $("lookups").textContent = num((lookups.hits || 0) + (lookups.misses || 0));
-    $("lookups-note").textContent = num(lookups.hits) + " hits · " + num(lookups.misses) + " misses · " + num(lookups.loads) + " loads · " + num(lookups.errors) + " errors";
+    $("lookups-note").textContent = num(lookups.hits) + " hits (" + num(lookups.l1_hits || 0) + " in process) · " + num(lookups.misses) + " misses · " + num(lookups.loads) + " loads · " + num(lookups.errors) + " errors";
     $("keys").textContent = num(stats.keys && stats.keys.count);
     $("memory").textContent = "Redis memory " + (redis.used_memory_human || "–");
     var open = stats.breaker && stats.breaker.open;
