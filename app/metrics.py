@@ -13,12 +13,14 @@ switch); request ids and the request's log fields stay on, they are not metrics.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 from prometheus_client import (
@@ -180,12 +182,35 @@ def exposition(extra: Iterable[Collector] = ()) -> bytes:
 
 # -- request hooks -----------------------------------------------------------------------------
 
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, kept: prometheus_client validates and locks on every call."""
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
 
 def request_id_from(header: str | None) -> str:
-    """The caller's id when it is sane (it is echoed and logged), else a new one."""
+    """The caller's id when it is sane (it is echoed and logged), else a new one: this process's
+    random prefix and a count, unique without a system call per request."""
     if header is not None and SANE_REQUEST_ID.fullmatch(header):
         return header
-    return secrets.token_hex(16)
+    if _ids.pid != os.getpid():  # a forked worker takes its own prefix
+        _ids.prefix, _ids.count, _ids.pid = secrets.token_hex(8), itertools.count(1), os.getpid()
+    return f"{_ids.prefix}-{next(_ids.count):x}"
+
+
+class _Ids:
+    pid = 0
+    prefix = ""
+    count = itertools.count(1)
+
+
+_ids = _Ids()
 
 
 def _start_request() -> None:
@@ -200,8 +225,8 @@ def _finish_request(response: Response) -> Response:
     if _recording:
         method = request.method if request.method in METHODS else "other"
         started = g.get("request_started")
-        http_requests.labels(method, route, str(response.status_code)).inc()
+        _child(http_requests, method, route, str(response.status_code)).inc()
         if started is not None:
-            http_request_duration.labels(method, route).observe(time.perf_counter() - started)
+            _child(http_request_duration, method, route).observe(time.perf_counter() - started)
     request.environ[ENVIRON_KEY] = {"request_id": request_id, "route": route, "cache": g.get("cache_result")}
     return response

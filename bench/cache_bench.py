@@ -272,12 +272,15 @@ class LoadGen:
             return f"wrk -t{self.threads} -c{self.connections} --latency (keep-alive, closed loop)"
         return f"bench/loadgen.py (gevent fallback) --connections {self.connections}"
 
-    def run(self, url: str, duration: float, count_status: bool = False) -> dict:
+    def run(self, url: str, duration: float, count_status: bool = False, headers: dict[str, str] | None = None) -> dict:
         if self.kind == "wrk":
             script = self.counting if count_status else self.plain
+            extra = [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
             argv = ["wrk", f"-t{self.threads}", f"-c{self.connections}", f"-d{duration:g}s", "--timeout", "2s",
-                    "--latency", "-s", str(script), url]  # fmt: skip
+                    "--latency", *extra, "-s", str(script), url]  # fmt: skip
         else:
+            if headers:
+                raise RuntimeError("the python load generator sends no headers: install wrk")
             argv = [sys.executable, str(ROOT / "bench" / "loadgen.py"), url, "--connections", str(self.connections),
                     "--duration", str(duration), "--timeout", "2"]  # fmt: skip
         before = self.meter.snapshot()
@@ -326,7 +329,7 @@ class Counters:
         """The ``meta:<prefix>stats:device`` hash, after every worker's flusher has run."""
         if settle:
             time.sleep(self.flush_wait)
-        raw = self.client.hgetall(f"meta:{PREFIX}stats:device")
+        raw = self.client.hgetall(f"meta:{{{PREFIX}}}stats:device")  # app/cache/keys.py
         return {name: int(raw.get(name.encode(), 0)) for name in ("hits", "misses", "loads", "errors")}
 
     @staticmethod

@@ -62,9 +62,12 @@ class CounterBuffer:
         self._seq = 0
         self._unsent: tuple[int, Counter[str], Counter[str], float] | None = None
 
-    def count(self, name: str, key: str | None = None) -> None:
+    def count(self, name: str, key: str | None = None, also: str | None = None) -> None:
+        """One event (``also``: a second name it counts under, in the same lock), and a key's hotness."""
         with self._lock:
             self._counts[name] += 1
+            if also is not None:
+                self._counts[also] += 1
             if key is not None and (key in self._hot or len(self._hot) < MAX_BUFFERED_PAIRS):
                 self._hot[key] += 1
 

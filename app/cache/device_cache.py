@@ -160,8 +160,9 @@ class DeviceCache:
         if readable and near.enabled:
             raw = near.get(full)
             if raw is not None and (value := self._current(kind, self.backend.serializer.loads(raw))) is not None:
-                self._count(kind, "hits", key)
-                self._count(kind, "l1_hits")
+                metrics.cache_event("hits", kind.name)
+                metrics.cache_event("l1_hits", kind.name)
+                self.counters_buffer.count(kind.counter("hits"), key if kind.hot else None, kind.counter("l1_hits"))
                 if kind is DEVICE:
                     metrics.note_cache_result("l1")
                 return value

@@ -42,9 +42,14 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from gevent.monkey import get_original
+
 from app.redis_topology import REDIS_ERRORS, Topology
 
 log = logging.getLogger("app.cache")
+# A readiness check with no timeout never blocks, so the hot path uses the real select even under
+# gevent (whose cooperative select costs more, for nothing here).
+_poll = get_original("select", "select")
 
 CHANNEL = b"__redis__:invalidate"
 PING_INTERVAL = 0.1  # seconds between heartbeats
@@ -95,6 +100,7 @@ class NearCache:
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._reserved: dict[str, object] = {}
         self._listeners: list[_Listener] = []
+        self._sockets: list[Any] = []  # the listeners' sockets, for the hot path's readiness check
         self._serving = False  # subscribed everywhere, heartbeat fresh: L1 may answer
         self._started = False
         self._stop = threading.Event()
@@ -163,13 +169,18 @@ class NearCache:
     # -- coherence ------------------------------------------------------------------------
 
     def _sync(self) -> bool:
-        """Apply every message already received; whether L1 is still coherent (lock held)."""
+        """Apply every message already received; whether L1 is still coherent (lock held).
+
+        One ``select`` with no timeout tells whether anything arrived (a drain always reads
+        until redis-py's buffer is empty, so a readable socket is the only sign of a message).
+        """
         try:
-            for listener in self._listeners:
-                conn = listener.connection
-                while conn.can_read(timeout=0):
-                    self._handle(listener, conn.read_response())
-        except REDIS_ERRORS + (OSError,) as exc:
+            if self._sockets and _poll(self._sockets, (), (), 0)[0]:
+                for listener in self._listeners:
+                    conn = listener.connection
+                    while conn.can_read(timeout=0):
+                        self._handle(listener, conn.read_response())
+        except REDIS_ERRORS + (OSError, ValueError) as exc:
             self._incoherent(f"tracking connection failed ({exc.__class__.__name__})")
             return False
         now = time.monotonic()
@@ -204,6 +215,7 @@ class NearCache:
         for listener in self._listeners:
             listener.close()
         self._listeners = []
+        self._sockets = []
 
     def suspend(self, why: str) -> None:
         """Stop serving now (the breaker opened): emptied until the listener is subscribed again."""
@@ -239,6 +251,7 @@ class NearCache:
             raise
         with self._lock:
             self._listeners = listeners
+            self._sockets = [listener.connection._sock for listener in listeners]
             self._entries.clear()
             self._reserved.clear()
             self._serving = True
