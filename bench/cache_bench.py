@@ -635,8 +635,9 @@ Settings: gunicorn `{" ".join(GUNICORN_SETTINGS)}` serving `bench.benchapp:app` 
 bench routes of `bench/benchapp.py`); load: {load.describe()}, {args.rounds} rounds × {args.duration:g} s per
 variant, variants interleaved (the order rotates each round) after a {args.warmup:g} s warm-up each; figures are the
 median over rounds. App environment: `CACHE_KEY_PREFIX={PREFIX}`, `DEVICE_CACHE_TTL=3600` (so the warm entry cannot
-expire mid-run), `LOG_LEVEL=WARNING`, everything else at its default (100 ms Redis timeouts, breaker after 3
-failures, 5 s cooldown, 1 s counter flush). Data: `demo-data --devices 50 --days 0`; the device is the public
+expire mid-run), `LOG_LEVEL=WARNING`, `L1_CACHE_SIZE=0` (the near cache off: this is the shared cache's own hit
+path; `bench/near_bench.py` measures the near cache), everything else at its default (100 ms Redis timeouts,
+breaker after 3 failures, probes every 0.1 s, 1 s counter flush, metrics on). Data: `demo-data --devices 50 --days 0`; the device is the public
 `{HIT_DEVICE[0]}` / `{HIT_DEVICE[1]}`, whose cached lookup is {info["value_bytes"]} bytes of JSON and whose
 response body is {info["body_bytes"]} bytes (the same body from every variant, checked).
 
@@ -652,7 +653,7 @@ response body is {info["body_bytes"]} bytes (the same body from every variant, c
   statuses counted by a wrk Lua `response` callback.
 - (e) stampede: the cached lookup of a cold device (its key unlinked), {args.stampede} requests sent at once
   (connections opened first) alternately at two gunicorn instances (two replicas, each `-w 2`, same Redis and
-  MongoDB); loads counted by the service's `loads` counter (`meta:{PREFIX}stats:device`) after the flush interval.
+  MongoDB); loads counted by the service's `loads` counter (`meta:{{{PREFIX}}}stats:device`) after the flush interval.
 
 {chr(10).join(lines)}
 
@@ -749,7 +750,8 @@ def main() -> int:
             load = LoadGen(find_loadgen(args.loadgen), args.threads, args.connections, workdir, meter)
             redis_server.start()
             _, mongo_port = start_secantus(group, workdir)
-            env = bench_env(redis_server, mongo_port)
+            # The shared cache's own hit path (one GET): the near cache in front of it is near_bench.py's.
+            env = {**bench_env(redis_server, mongo_port), "L1_CACHE_SIZE": "0"}
             print(f"seeding MongoDB (port {mongo_port}); Redis on port {redis_server.port}", flush=True)
             seed(env, workdir, 50)
             rclient = redis.Redis(port=redis_server.port, socket_timeout=5)
