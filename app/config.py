@@ -185,7 +185,7 @@ SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
     "CACHE_PROBE_INTERVAL": ("0.1", _positive_float),
     "L1_CACHE_SIZE": ("10000", _non_negative_int),
     "L1_CACHE_TTL": (None, _positive_float),  # default: 60, or DEVICE_CACHE_TTL if shorter
-    "CACHE_REPLICA_WAIT_MS": ("50", _positive_int),
+    "CACHE_REPLICA_WAIT_MS": ("20", _positive_int),
     "CACHE_FLUSH_INTERVAL": ("1", _positive_float),
     "CACHE_LOCK_TIMEOUT": ("2", _positive_float),
     "MONGO_TIMEOUT_MS": ("1000", _positive_int),
@@ -223,8 +223,9 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if config["L1_CACHE_TTL"] > config["DEVICE_CACHE_TTL"]:
         raise ConfigError("L1_CACHE_TTL must not be above DEVICE_CACHE_TTL")
     config.setdefault("STATS_HISTORY_SIZE", max(1, 86400 // config["STATS_INTERVAL"]))
-    if config["CACHE_REPLICA_WAIT_MS"] >= config["CACHE_SOCKET_TIMEOUT"] * 1000:
-        raise ConfigError("CACHE_REPLICA_WAIT_MS must be shorter than CACHE_SOCKET_TIMEOUT")
+    # The WAIT shares its command's socket timeout: leave half of it for the rest of the reply.
+    if config["CACHE_REPLICA_WAIT_MS"] > config["CACHE_SOCKET_TIMEOUT"] * 500:
+        raise ConfigError("CACHE_REPLICA_WAIT_MS must be at most half of CACHE_SOCKET_TIMEOUT")
     config["MAX_CONTENT_LENGTH"] = 64 * 1024
     config["JSON_SORT_KEYS"] = False
     config.update(overrides)  # test-only keys such as TESTING

@@ -115,6 +115,11 @@ class LazyCluster:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cluster, name)
 
+    def close(self) -> None:
+        """Close the cluster's connections, if it was ever built (never builds it)."""
+        if self._client is not None:
+            self._client.close()
+
 
 class LazyClusterCache(RedisClusterCache):
     """Flask-Caching's Cluster backend on a ``LazyCluster``."""
@@ -288,6 +293,13 @@ class Topology:
             owned = {slot for slot, nodes in slots_cache.items() if nodes and nodes[0].name == primary.name}
             key = next(k for k in (f"{probe_key}{{{n}}}" for n in itertools.count()) if key_slot(k.encode()) in owned)
             _probe_write(cluster.get_redis_connection(primary), key)
+
+    def close(self, client: Any) -> None:
+        """Close every connection of a client built here (a Sentinel pool's sentinels too)."""
+        client.close()
+        manager = getattr(client.connection_pool, "sentinel_manager", None) if self.kind == "sentinel" else None
+        for sentinel in getattr(manager, "sentinels", ()):
+            sentinel.close()
 
     def refresh(self, client: Any) -> None:
         """After a failure, learn where the primaries are now: a Cluster re-reads its slot map

@@ -637,7 +637,8 @@ variant, variants interleaved (the order rotates each round) after a {args.warmu
 median over rounds. App environment: `CACHE_KEY_PREFIX={PREFIX}`, `DEVICE_CACHE_TTL=3600` (so the warm entry cannot
 expire mid-run), `LOG_LEVEL=WARNING`, `L1_CACHE_SIZE=0` (the near cache off: this is the shared cache's own hit
 path; `bench/near_bench.py` measures the near cache), everything else at its default (100 ms Redis timeouts,
-breaker after 3 failures, probes every 0.1 s, 1 s counter flush, metrics on). Data: `demo-data --devices 50 --days 0`; the device is the public
+breaker after 3 failures, probes every 0.1 s, 1 s counter flush, metrics on).
+Data: `demo-data --devices 50 --days 0`; the device is the public
 `{HIT_DEVICE[0]}` / `{HIT_DEVICE[1]}`, whose cached lookup is {info["value_bytes"]} bytes of JSON and whose
 response body is {info["body_bytes"]} bytes (the same body from every variant, checked).
 

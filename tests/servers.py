@@ -66,12 +66,21 @@ class RedisServer:
         self.dir = dir or tempfile.mkdtemp(prefix="redis-test-")
         self.extra = list(extra or [])
         self.proc: subprocess.Popen | None = None
+        self._probe: redis.Redis | None = None
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def client(self, **kwargs) -> redis.Redis:
+        """A new client (close it: ``with node.client() as c``); ``probe`` is a kept one."""
         return redis.Redis(port=self.port, socket_timeout=kwargs.pop("socket_timeout", 2), **kwargs)
+
+    @property
+    def probe(self) -> redis.Redis:
+        """This node's own long-lived client, for the tests' checks (closed by ``cleanup``)."""
+        if self._probe is None:
+            self._probe = self.client()
+        return self._probe
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -133,6 +142,8 @@ class RedisServer:
 
     def cleanup(self) -> None:
         self.stop()
+        if self._probe is not None:
+            self._probe.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- the deployment interface shared with SentinelSet and ClusterSet -----------------------
@@ -146,7 +157,7 @@ class RedisServer:
         return self.client()
 
     def primaries(self) -> list[redis.Redis]:
-        return [self.client()]
+        return [self.probe]
 
 
 class SentinelSet:
@@ -245,7 +256,7 @@ class SentinelSet:
         return sentinel.master_for(self.MASTER, socket_timeout=2)
 
     def primaries(self) -> list[redis.Redis]:
-        return [self.primary().client()]
+        return [self.primary().probe]
 
     def failover(self, settle: bool = True) -> float:
         """``SENTINEL FAILOVER``: returns when the sentinels name the promoted replica (the
@@ -313,7 +324,7 @@ class SentinelSet:
         for proc in self.sentinels:
             proc.wait(10)
         for node in self.nodes:
-            node.stop()
+            node.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -364,7 +375,7 @@ class ClusterSet:
                         return False
                     if int(info["cluster_slots_ok"]) != 16384:
                         return False
-            roles = [node.client().info("replication") for node in self.nodes]
+            roles = [node.probe.info("replication") for node in self.nodes]
             masters = [r for r in roles if r["role"] == "master"]
             return len(masters) == 3 and all(r.get("slave0", {}).get("state") == "online" for r in masters)
 
@@ -381,10 +392,10 @@ class ClusterSet:
         return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=2)
 
     def primary_nodes(self) -> list[RedisServer]:
-        return [n for n in self.nodes if n.alive() and n.client().info("replication")["role"] == "master"]
+        return [n for n in self.nodes if n.alive() and n.probe.info("replication")["role"] == "master"]
 
     def primaries(self) -> list[redis.Redis]:
-        return [node.client() for node in self.primary_nodes()]
+        return [node.probe for node in self.primary_nodes()]
 
     def primary_of(self, key: str) -> RedisServer:
         """The node that is the primary of this key's slot now."""
@@ -396,7 +407,7 @@ class ClusterSet:
         primary = self.primary_of(key)
         for node in self.nodes:
             if node is not primary and node.alive():
-                info = node.client().info("replication")
+                info = node.probe.info("replication")
                 if info["role"] == "slave" and int(info["master_port"]) == primary.port:
                     return node
         raise RuntimeError(f"no replica of the primary of {key!r}")
@@ -408,7 +419,7 @@ class ClusterSet:
         primary, replica = self.primary_of(key), self.replica_of(key)
         self.set_node_timeout(node_timeout_ms)
         primary.kill()
-        wait_for(lambda: replica.client().info("replication")["role"] == "master", 30, "the promotion")
+        wait_for(lambda: replica.probe.info("replication")["role"] == "master", 30, "the promotion")
         return time.monotonic()
 
     def settle(self) -> None:
@@ -450,7 +461,7 @@ class ClusterSet:
 
     def cleanup(self) -> None:
         for node in self.nodes:
-            node.stop()
+            node.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -137,6 +137,7 @@ class DeviceCache:
         self._flights: dict[str, _Flight] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._background_started = False
         self._next_flush = 0.0
         self.counters_buffer.after_fork()
@@ -397,7 +398,8 @@ class DeviceCache:
             if self._background_started:
                 return
             self._background_started = True
-        threading.Thread(target=self._run_background, name="device-cache", daemon=True).start()
+        self._thread = threading.Thread(target=self._run_background, name="device-cache", daemon=True)
+        self._thread.start()
 
     def _breaker_changed(self, is_open: bool) -> None:
         metrics.breaker_changed(is_open)
@@ -414,8 +416,13 @@ class DeviceCache:
             urgent = self.breaker.is_open or self.invalidator.pending
             wake.wait(self.probe_interval if urgent else max(0.0, self._next_flush - time.monotonic()))
             wake.clear()
-            if not stop.is_set():
+            if stop.is_set():
+                return
+            try:
                 self.tick()
+            except Exception:  # a bug must not end the thread that closes the breaker
+                log.exception("the cache's background round failed")
+                stop.wait(1.0)
 
     def tick(self) -> None:
         """One background round: probe Redis if needed, retry invalidations, flush when due."""
@@ -446,11 +453,19 @@ class DeviceCache:
         return done
 
     def stop(self) -> None:
+        """Stop the background work, send what is buffered, and close every connection."""
         self._stop.set()
         self._wake.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(5)  # its round in progress ends first: it may be using the connections
         self.near.stop()
         if self._background_started and self.breaker.allow():
             self.flush()
+        for client in (self.client, self._admin_client):
+            if client is not None:
+                with contextlib.suppress(*REDIS_ERRORS, OSError):
+                    self.topology.close(client)
 
     # -- reading the shared state ---------------------------------------------------------
 

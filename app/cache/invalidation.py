@@ -35,8 +35,16 @@ class Invalidator:
         return bool(self._pending)
 
     def unlink(self, keys: Iterable[str]) -> bool:
-        """Drop these keys now; False when some are left pending for the background retry."""
+        """Drop these keys now; False when some are left pending for the background retry.
+
+        On Sentinel or Cluster a drop that failed is tried once more, at once, after asking where
+        the primaries are now: a process that has not used a failed-over primary since the
+        failover still sends its keys to the old one.
+        """
         failed = self._apply(set(keys))
+        if failed and self.topology.kind != "standalone":
+            self.topology.refresh(self.client)
+            failed = self._apply(failed)
         if failed:
             with self._lock:
                 self._pending |= failed

@@ -103,6 +103,7 @@ class NearCache:
         self._sockets: list[Any] = []  # the listeners' sockets, for the hot path's readiness check
         self._serving = False  # subscribed everywhere, heartbeat fresh: L1 may answer
         self._started = False
+        self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     # -- the hot path -------------------------------------------------------------------
@@ -229,13 +230,20 @@ class NearCache:
             if self._started:
                 return
             self._started = True
-        threading.Thread(target=self._run, name="near-cache", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="near-cache", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
+        """Stop serving now; the listener thread closes its connections as it ends (it may be
+        reading them), within its next wait (at most 0.25 s)."""
         self._stop.set()
         with self._lock:
             self._serving = False  # (quietly: nothing went wrong)
-            self._incoherent("stopped")
+            self._entries.clear()
+            self._reserved.clear()
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                self._incoherent("stopped")
 
     def _subscribe(self) -> None:
         """A tracking connection on every primary, then serve (L1 starts empty)."""
@@ -250,6 +258,10 @@ class NearCache:
                 listener.close()
             raise
         with self._lock:
+            if self._stop.is_set():
+                for listener in listeners:
+                    listener.close()
+                return
             self._listeners = listeners
             self._sockets = [listener.connection._sock for listener in listeners]
             self._entries.clear()
@@ -258,6 +270,14 @@ class NearCache:
         log.info("near cache on: tracking %d primar%s", len(listeners), "y" if len(listeners) == 1 else "ies")
 
     def _run(self) -> None:
+        try:
+            self._listen()
+        finally:
+            with self._lock:
+                self._serving = False
+                self._incoherent("stopped")
+
+    def _listen(self) -> None:
         stop = self._stop
         next_ping = 0.0
         failed = False
@@ -266,6 +286,7 @@ class NearCache:
                 try:
                     self._subscribe()
                 except REDIS_ERRORS + (OSError,):
+                    self.topology.refresh(self.client)  # after a failover: where the primaries are now
                     stop.wait(RETRY_INTERVAL)
                     continue
                 except Exception:  # a bug must not end the thread: L1 stays off, and says why once

@@ -22,7 +22,8 @@ from typing import Any
 
 from redis import Redis
 
-REPLICAS_TTL = 5.0  # seconds a primary's replica count is trusted
+REPLICAS_TTL = 5.0  # seconds a primary's replica count is trusted (one with none: NO_REPLICAS_TTL)
+NO_REPLICAS_TTL = 1.0  # a replica that (re)attaches is waited for within a second
 LOST_GRACE = 10.0  # seconds a primary that lost its replicas is suspected of being demoted
 
 
@@ -51,7 +52,7 @@ class Replicas:
             lost_at = known.lost_at if known is not None and not connected else None
             if known is not None and known.count and not connected:
                 lost_at = now
-            self._known[name] = _Primary(connected, now + REPLICAS_TTL, lost_at)
+            self._known[name] = _Primary(connected, now + (REPLICAS_TTL if connected else NO_REPLICAS_TTL), lost_at)
         return connected
 
     def _settled_alone(self, name: str) -> bool:
