@@ -44,10 +44,20 @@ def create_user(name: str, admin: bool) -> None:
     click.echo(json.dumps({"user_id": user.user_id, "name": user.name, "admin": user.admin, "token": token}))
 
 
+WAIT_OPTION = click.option(
+    "--wait",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 600),
+    help="Seconds to keep trying to drop the cached token when Redis does not answer.",
+)
+
+
 @users.command("rotate-token")
 @click.argument("name")
+@WAIT_OPTION
 @with_appcontext
-def rotate_token(name: str) -> None:
+def rotate_token(name: str, wait: float) -> None:
     """Give a user a new token; the old one is refused on every replica once this returns.
 
     The last line of output is the same JSON as ``users create`` prints, with the new token.
@@ -58,7 +68,7 @@ def rotate_token(name: str) -> None:
         mongo.db[USERS].update_one({"user_id": doc["user_id"]}, {"$set": {"token_hash": hash_secret(token)}})
     except PyMongoError as exc:
         raise click.ClickException(f"MongoDB is unavailable: {exc.__class__.__name__}") from None
-    revoke_cached(doc["user_id"], "the token was replaced in MongoDB")
+    revoke_cached(doc["user_id"], "the token was replaced in MongoDB", wait)
     click.echo(
         json.dumps({"user_id": doc["user_id"], "name": doc["name"], "admin": bool(doc.get("admin")), "token": token})
     )
@@ -67,8 +77,9 @@ def rotate_token(name: str) -> None:
 @users.command("delete")
 @click.argument("name")
 @click.option("--delete-keys", is_flag=True, help="Also delete the user's device keys (their devices become unknown).")
+@WAIT_OPTION
 @with_appcontext
-def delete_user(name: str, delete_keys: bool) -> None:
+def delete_user(name: str, delete_keys: bool, wait: float) -> None:
     """Delete a user; its token is refused on every replica once this returns.
 
     A user who still owns device keys is kept, unless ``--delete-keys`` deletes those too
@@ -85,7 +96,7 @@ def delete_user(name: str, delete_keys: bool) -> None:
         mongo.db[USERS].delete_one({"user_id": doc["user_id"]})
     except PyMongoError as exc:
         raise click.ClickException(f"MongoDB is unavailable: {exc.__class__.__name__}") from None
-    revoke_cached(doc["user_id"], "the user was deleted from MongoDB", pairs)
+    revoke_cached(doc["user_id"], "the user was deleted from MongoDB", wait, pairs)
     click.echo(
         json.dumps({"user_id": doc["user_id"], "name": doc["name"], "deleted": True, "keys_deleted": len(pairs)})
     )
@@ -108,12 +119,12 @@ def delete_keys_of(user_id: str) -> list[tuple[str, str]]:
     return [(doc["device_id"], doc["device_name"]) for doc in docs]
 
 
-def revoke_cached(user_id: str, done: str, pairs: list[tuple[str, str]] | None = None) -> None:
+def revoke_cached(user_id: str, done: str, wait: float, pairs: list[tuple[str, str]] | None = None) -> None:
     """Drop the user's cached entry (and lookups of its devices) everywhere, or fail loudly."""
     dc = device_cache()
     if pairs:
         dc.invalidate(pairs)
-    if not forget_user(dc, user_id):
+    if not forget_user(dc, user_id, wait):
         raise click.ClickException(
             f"{done}, but the cache's Redis could not be reached to drop the old entry: replicas may accept "
             f"the old token for up to {dc.ttl}s. Run the command again once Redis answers."

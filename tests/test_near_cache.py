@@ -265,7 +265,7 @@ def test_rotating_a_token_while_redis_is_down_fails_loudly(app, redis_alive):
     assert app.test_client().get("/api/v1/api-keys", headers=bearer(user)).status_code == 200
     redis_alive.stop()
     try:
-        result = app.test_cli_runner().invoke(args=["users", "rotate-token", "alice"])
+        result = app.test_cli_runner().invoke(args=["users", "rotate-token", "alice", "--wait", "1"])
     finally:
         redis_alive.ensure_running()
     assert result.exit_code == 1
