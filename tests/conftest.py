@@ -98,6 +98,15 @@ def mongo_uri() -> Iterator[str]:
 
 
 @pytest.fixture
+def own_mongo() -> Iterator[MongoServer]:
+    """A SecantusDB of the test's own, which it may stop (the session's is shared)."""
+    server = MongoServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
 def redis_alive(request, topology: str, redis_server: RedisServer) -> Deployment:
     """The session's Redis of the test's topology, restarted if an earlier test stopped it.
 

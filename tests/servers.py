@@ -160,7 +160,29 @@ class RedisServer:
         return [self.probe]
 
 
-class SentinelSet:
+class DataNodes:
+    """Outages of every data node of a set at once (a Sentinel set's sentinels stay up)."""
+
+    nodes: list[RedisServer]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def pause(self) -> None:
+        for node in self.nodes:
+            node.pause()
+
+    def resume(self) -> None:
+        for node in self.nodes:
+            node.resume()
+
+
+class SentinelSet(DataNodes):
     """A primary, a replica and three sentinels, all real processes on free loopback ports.
 
     Sentinels only fail over when told to (``failover()``): their down-after is longer than any
@@ -288,23 +310,6 @@ class SentinelSet:
                 old.replicaof(host, port)
         self.wait_settled()
 
-    # outages of the data nodes (the sentinels stay up)
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-
-    def kill(self) -> None:
-        for node in self.nodes:
-            node.kill()
-
-    def pause(self) -> None:
-        for node in self.nodes:
-            node.pause()
-
-    def resume(self) -> None:
-        for node in self.nodes:
-            node.resume()
-
     def ensure_running(self) -> None:
         host, master_port = self.master_address()
         restarted = False
@@ -328,7 +333,7 @@ class SentinelSet:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class ClusterSet:
+class ClusterSet(DataNodes):
     """A Redis Cluster of three primaries and three replicas (``redis-cli --cluster create``).
 
     Its node timeout is long, so pausing or killing every node is an outage, not a failover;
@@ -425,22 +430,6 @@ class ClusterSet:
     def settle(self) -> None:
         self.ensure_running()  # the killed node rejoins, as a replica of the promoted one
         self.set_node_timeout(self.NODE_TIMEOUT_MS)
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-
-    def kill(self) -> None:
-        for node in self.nodes:
-            node.kill()
-
-    def pause(self) -> None:
-        for node in self.nodes:
-            node.pause()
-
-    def resume(self) -> None:
-        for node in self.nodes:
-            node.resume()
 
     def ensure_running(self) -> None:
         restarted = False

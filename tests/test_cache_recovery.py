@@ -13,20 +13,11 @@ import redis
 
 from app.devices.lookup import lookup_device
 from tests.conftest import all_topologies, bearer, create_user, register
-from tests.helpers import lock_key
+from tests.helpers import lock_key, wait_until
 
 pytestmark = all_topologies
 
 WAIT = 10  # seconds: a generous bound on one step
-
-
-def wait_until(condition, seconds: float = WAIT) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def fail_if_called(device_id: str, device_name: str) -> dict:

@@ -11,24 +11,12 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from playwright.sync_api import sync_playwright
 
 from app.cache.service import collect_snapshot
+from tests.browser import CHROMIUM, chromium, new_page
 from tests.conftest import bearer, create_user, register
 from tests.helpers import assert_error
 
-CHROMIUM = "/usr/bin/chromium"
-# The network is closed: without these, chromium keeps trying to reach Google's services.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VENDOR = Path(__file__).resolve().parents[1] / "app" / "monitoring" / "static" / "vendor" / "uplot"
 CHARTS = ["chart-hit-ratio", "chart-lookups", "chart-loads", "chart-errors", "chart-keys", "chart-memory"]
 
@@ -99,41 +87,34 @@ def test_dashboard_in_a_real_browser_draws_the_history_and_acts_with_confirmatio
     seed_history(app, client, snapshots=5)
     admin, user = create_user(app, "admin", admin=True), create_user(app, "someone")
     replica = live_replica(workers=1, STATS_INTERVAL=30)
-    problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.on("console", lambda msg: problems.append(msg.text) if msg.type in ("error", "warning") else None)
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.goto(f"{replica.url}/cache/dashboard")
-            assert page.locator("#message").inner_text() == "Enter an admin token to load the cache's statistics."
-            assert page.locator("#interval").inner_text() == "30"
+    with chromium() as browser:
+        page, problems = new_page(browser)
+        page.goto(f"{replica.url}/cache/dashboard")
+        assert page.locator("#message").inner_text() == "Enter an admin token to load the cache's statistics."
+        assert page.locator("#interval").inner_text() == "30"
 
-            wrong = "ost_0000000000000000_" + "x" * 40
-            for token, shown in ((wrong, "401 invalid_credentials"), (user["token"], "403 forbidden")):
-                page.fill("#token", token)
-                page.click("button[type=submit]")
-                page.wait_for_selector(f"#message.error:has-text('{shown}')")
-            problems.clear()  # the browser reports the 401 and 403 answers as failed loads: expected
-
-            page.fill("#token", admin["token"])
+        wrong = "ost_0000000000000000_" + "x" * 40
+        for token, shown in ((wrong, "401 invalid_credentials"), (user["token"], "403 forbidden")):
+            page.fill("#token", token)
             page.click("button[type=submit]")
-            for chart in CHARTS:
-                page.wait_for_selector(f"#{chart}[data-points='5'] canvas")
-            assert page.evaluate("sessionStorage.getItem('opensensor.dashboard.token')") == admin["token"]
-            assert page.locator("#message").is_hidden()
-            assert page.locator("#breaker").inner_text() == "closed"
-            assert page.locator("#collector").inner_text() == "running"
-            # 5 devices, and the users whose tokens were checked: owner, admin, someone, the forged id (unknown)
-            assert page.locator("#keys").inner_text() == "9"
-            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            page.wait_for_selector(f"#message.error:has-text('{shown}')")
+        problems.clear()  # the browser reports the 401 and 403 answers as failed loads: expected
 
-            page.once("dialog", lambda dialog: dialog.accept())
-            page.fill("#pattern", "device:dev-0|*")
-            page.click("#invalidate-form button")
-            page.wait_for_selector("#message.ok:has-text('Deleted 1 keys matching device:dev-0|*.')")
-        finally:
-            browser.close()
+        page.fill("#token", admin["token"])
+        page.click("button[type=submit]")
+        for chart in CHARTS:
+            page.wait_for_selector(f"#{chart}[data-points='5'] canvas")
+        assert page.evaluate("sessionStorage.getItem('opensensor.dashboard.token')") == admin["token"]
+        assert page.locator("#message").is_hidden()
+        assert page.locator("#breaker").inner_text() == "closed"
+        assert page.locator("#collector").inner_text() == "running"
+        # 5 devices, and the users whose tokens were checked: owner, admin, someone, the forged id (unknown)
+        assert page.locator("#keys").inner_text() == "9"
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.fill("#pattern", "device:dev-0|*")
+        page.click("#invalidate-form button")
+        page.wait_for_selector("#message.ok:has-text('Deleted 1 keys matching device:dev-0|*.')")
     assert problems == []
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from html.parser import HTMLParser
 from urllib.parse import urljoin
 
+import pytest
+import requests
+
 from app.docs.openapi import STATIC_DIR, STATIC_TYPES
+from tests.browser import CHROMIUM, chromium, new_page
 
 
 class Assets(HTMLParser):
@@ -70,3 +75,29 @@ def test_vendored_files_are_the_published_ones_and_carry_their_license_and_versi
 def test_an_unknown_asset_is_a_json_404(client):
     response = client.get("/docs/static/nope.js")
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="chromium is not installed (.ci/run installs it)")
+def test_swagger_ui_in_a_real_browser_shows_every_operation_of_the_document(live_replica, tmp_path):
+    replica = live_replica(workers=1)
+    document = requests.get(f"{replica.url}/openapi.json", timeout=10).json()
+    operations = sum(
+        method in {"get", "put", "post", "delete", "patch"} for item in document["paths"].values() for method in item
+    )
+    with chromium() as browser:
+        page, problems = new_page(browser)
+        page.goto(f"{replica.url}/docs")
+        page.wait_for_selector(".swagger-ui .info .title")
+        assert document["info"]["title"] in page.locator(".swagger-ui .info .title").inner_text()
+        page.wait_for_function(f"document.querySelectorAll('.opblock').length === {operations}")
+        page.screenshot(path=str(tmp_path / "docs.png"))
+
+        # The device lookup, opened: every response the document gives it, with its status.
+        path = "/api/v1/devices/{device_id}/{device_name}"
+        page.locator(f".opblock-summary-path[data-path='{path}']").click()
+        page.wait_for_selector(".opblock.is-open .responses-table")
+        shown = page.locator(".opblock.is-open .responses-table tr.response td.response-col_status").all_inner_texts()
+        assert sorted(code.split()[0] for code in shown) == sorted(document["paths"][path]["get"]["responses"])
+        page.screenshot(path=str(tmp_path / "lookup.png"))
+    assert problems == []
+    assert (tmp_path / "docs.png").stat().st_size > 10_000

@@ -7,28 +7,22 @@ costs no 5xx and no wrong answer, hits resume within seconds and the counters st
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
+import uuid
 from collections import Counter
 
 import pytest
 import redis
 
 from tests.conftest import create_user, register
-from tests.helpers import meta_key, push
+from tests.helpers import meta_key, push, wait_until
 
 pytestmark = pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
 
 WAIT = 20
-
-
-def wait_until(condition, seconds: float = WAIT) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+wait_until = functools.partial(wait_until, seconds=WAIT)  # a failover takes a few seconds
 
 
 def chain(app, device_id: str, device_name: str = "room"):
@@ -37,28 +31,34 @@ def chain(app, device_id: str, device_name: str = "room"):
 
 
 class Monitor(threading.Thread):
-    """MONITOR on one Redis node: every command it runs, with the connection that sent it."""
+    """MONITOR on one Redis node: every command it runs, with the connection that sent it.
+
+    `stop` sends a marker through the node and reads up to it, so every command the node ran
+    before `stop` was called is in the list (MONITOR's stream lags the commands it reports).
+    """
 
     def __init__(self, node: redis.Redis):
         super().__init__(daemon=True)
         self.node = node
+        self.marker = f"monitor-end-{uuid.uuid4().hex}"
         self.commands: list[tuple[str, str]] = []
         self.ready = threading.Event()
-        self.halt = threading.Event()
         self.start()
         assert self.ready.wait(WAIT)
 
     def run(self) -> None:
         with self.node.monitor() as monitor:
             self.ready.set()
-            while not self.halt.is_set():
+            while True:
                 command = monitor.next_command()
+                if self.marker in command["command"]:
+                    return
                 self.commands.append((f"{command['client_address']}:{command['client_port']}", command["command"]))
 
     def stop(self) -> list[tuple[str, str]]:
-        self.halt.set()
-        self.node.ping()  # wakes the monitor's read
+        self.node.echo(self.marker)
         self.join(WAIT)
+        assert not self.is_alive(), "the monitor never saw its end marker"
         return self.commands
 
 
@@ -201,7 +201,7 @@ def test_admin_routes_follow_a_failover(app, client, redis_alive, settings):
     assert stats()["lookups"]["device"]["scope"] == "all replicas"  # the admin client knows the primaries
     try:
         redis_alive.fail_primary(meta_key(settings["CACHE_KEY_PREFIX"], "stats:device"))
-        assert wait_until(lambda: stats()["redis"]["reachable"], 10), stats()
+        assert wait_until(lambda: stats()["redis"]["reachable"], seconds=10), stats()
         assert stats()["lookups"]["device"]["scope"] == "all replicas"
         assert client.post("/cache/clear", headers=admin).status_code == 200
     finally:
@@ -229,7 +229,7 @@ def test_the_near_cache_follows_a_failover_and_stays_coherent(replicas, redis_al
             names = dc.topology.primary_names(dc.client)
             return near.serving and sorted(listener.name for listener in near._listeners) == sorted(names)
 
-        assert wait_until(subscribed_to_the_new_primaries, 20)
+        assert wait_until(subscribed_to_the_new_primaries, seconds=20)
         expected = ["dev-1"]
         for n in range(2, 5):
             assert chain(b, "dev-1") == expected

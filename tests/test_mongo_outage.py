@@ -17,14 +17,6 @@ BOUND = 2.5  # seconds; the client gives up on server selection after MONGO_TIME
 
 
 @pytest.fixture
-def own_mongo() -> Iterator[MongoServer]:
-    server = MongoServer()
-    server.start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
 def outage_app(settings: dict, own_mongo: MongoServer) -> Iterator[Flask]:
     app = build_app(settings, MONGO_URI=f"{own_mongo.uri}/outage")
     yield app

@@ -17,17 +17,9 @@ import redis
 
 from app.devices.lookup import lookup_device
 from tests.conftest import all_topologies, bearer, build_app, create_user, near_ready, register, stop_app
+from tests.helpers import wait_until
 
 WAIT = 10
-
-
-def wait_until(condition, seconds: float = WAIT) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def chain(app, device_id: str = "dev-1", device_name: str = "room", headers: dict | None = None):

@@ -16,14 +16,13 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
 
 from tests.conftest import build_app, create_user, stop_app
 from tests.live import ROOT, LiveReplica, service_env
-from tests.servers import MongoServer, RedisServer
+from tests.servers import RedisServer
 
 WAIT = 20  # seconds: a generous bound on one step, never a timing assertion
 
@@ -70,14 +69,6 @@ class Traffic(threading.Thread):
         self.halt.set()
         self.join(WAIT)
         return self.statuses
-
-
-@pytest.fixture
-def own_mongo() -> Iterator[MongoServer]:
-    server = MongoServer()
-    server.start()
-    yield server
-    server.cleanup()
 
 
 @pytest.fixture

@@ -1,7 +1,10 @@
-"""The shared device-lookup cache: one Redis GET per hit, fail-open, no stampede.
+"""The shared device-lookup cache: a hit from the process's near cache (no Redis round trip)
+or one Redis GET, fail-open, no stampede, every replica coherent before a response.
 
 Key names are in ``keys.py``; counters and hotness in ``counters.py``; invalidation in
-``invalidation.py``; which Redis (standalone, Sentinel, Cluster) in ``app/redis_topology.py``.
+``invalidation.py`` (made durable by ``replicas.py``); the near cache in ``near.py``; which
+Redis (standalone, Sentinel, Cluster) in ``app/redis_topology.py``. The verified bearer
+tokens' users ride on the same machinery (``user_cache.py``).
 
 One background thread per process (started by the first lookup or invalidation) does what
 no request should wait for: it probes Redis while the circuit breaker is open and retries
@@ -41,7 +44,7 @@ log = logging.getLogger("app.cache")
 
 Loader = Callable[[str, str], dict[str, Any]]
 BatchLoader = Callable[[list[Pair]], list[dict[str, Any]]]
-Loader0 = Callable[[], dict[str, Any]]
+Load = Callable[[], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,11 @@ return 0
 
 
 class _Flight:
-    __slots__ = ("done", "value", "raw", "invalidated")
+    __slots__ = ("done", "value", "invalidated")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.value: dict[str, Any] | None = None
-        self.raw: bytes | None = None  # the value's JSON when Redis holds exactly it
         self.invalidated = False  # the fill lost its token: an invalidation came during the load
 
 
@@ -177,7 +179,7 @@ class DeviceCache:
             near.put(full, token, raw, self._ttl_of(value))
             return value
         value, raw = self._fill(kind, key, load)
-        if raw is not None:  # the value Redis holds now (not one it refused or never saw)
+        if raw is not None:
             near.put(full, token, raw, self._ttl_of(value))
         return value
 
@@ -205,10 +207,11 @@ class DeviceCache:
 
     # -- filling ------------------------------------------------------------------------
 
-    def _fill(self, kind: Kind, key: str, load: Loader0) -> tuple[dict[str, Any], bytes | None]:
+    def _fill(self, kind: Kind, key: str, load: Load) -> tuple[dict[str, Any], bytes | None]:
         """Single flight in this process: one thread fills, the others wait for its result.
 
-        Returns the value and, when Redis holds exactly that value now, its raw JSON (for L1).
+        Returns the value and, when it was read from Redis under this request's placeholder
+        (another replica filled it), its raw JSON for L1.
         """
         with self._lock:
             flight = self._flights.get(key)
@@ -222,18 +225,19 @@ class DeviceCache:
                 # This request may have started after the invalidation: the leader's value is stale.
                 return self._fill(kind, key, load)
             if flight.value is not None:
-                return flight.value, flight.raw
+                # Not for L1: this request's placeholder may be younger than the leader's read.
+                return flight.value, None
             return self._load(kind, load), None
         try:
-            flight.value, flight.raw = self._fill_shared(kind, key, load, flight)
-            return flight.value, flight.raw
+            flight.value, raw = self._fill_shared(kind, key, load, flight)
+            return flight.value, raw
         finally:
             with self._lock:
                 self._flights.pop(key, None)
             flight.done.set()
 
     def _fill_shared(
-        self, kind: Kind, key: str, load: Loader0, flight: _Flight | None = None
+        self, kind: Kind, key: str, load: Load, flight: _Flight | None = None
     ) -> tuple[dict[str, Any], bytes | None]:
         """Single flight across replicas: a short Redis lock; the others poll for the value."""
         if not self._readable():
@@ -262,14 +266,14 @@ class DeviceCache:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         value = self._load(kind, load)
-        raw = self.backend.serializer.dumps(value)
-        stored = self._write(kind, key, token, raw, value)
-        if stored is False and flight is not None:
+        if self._write(key, token, value) is False and flight is not None:
             flight.invalidated = True
-        return value, raw if stored else None
+        # Not for L1: our own write's tracking message drops the placeholder; the next read keeps it.
+        return value, None
 
-    def _write(self, kind: Kind, key: str, token: str, raw: bytes, value: dict[str, Any]) -> bool | None:
+    def _write(self, key: str, token: str, value: dict[str, Any]) -> bool | None:
         """Whether the value was stored; False when our token is gone, None when Redis failed."""
+        raw = self.backend.serializer.dumps(value)
         try:
             stored = self._store(
                 keys=[self.keys.value(key), self.keys.lock(key)], args=[token, raw, self._ttl_of(value)]
@@ -279,7 +283,7 @@ class DeviceCache:
             return None
         return bool(stored)
 
-    def _load(self, kind: Kind, load: Loader0) -> dict[str, Any]:
+    def _load(self, kind: Kind, load: Load) -> dict[str, Any]:
         self._count(kind, "loads")
         with metrics.load_timer(kind.name):
             return load()

@@ -74,8 +74,9 @@ def warm_hot_devices(limit: int | None = None) -> dict[str, Any]:
     set that remembers them), or the hottest ``limit`` / ``WARM_TOP_N`` when given.
 
     A device costs one miss per TTL in which it is looked up unless it is refreshed: warming only
-    a top 100 barely moves the hit ratio of a long tail (docs/BENCHMARKS.md), warming every device
-    seen within a TTL removes those misses.
+    a top 100 barely moves the hit ratio of a long tail, warming every device seen within a TTL
+    removes the misses of those looked up at least about once per TTL plus an interval; rarer
+    lookups still miss (docs/BENCHMARKS.md).
     """
     dc: DeviceCache = current_app.extensions["device_cache"]
     config = current_app.config
