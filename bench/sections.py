@@ -14,7 +14,7 @@ def write_section(section: str, body: str, doc: Path = DOC) -> None:
     if section in text:
         head, _, rest = text.partition(section)
         nxt = rest.find("\n## ")
-        text = head + block + (rest[nxt + 1 :] if nxt >= 0 else "")
+        text = head + block + ("\n" + rest[nxt + 1 :] if nxt >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
     doc.write_text(text)
