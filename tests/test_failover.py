@@ -7,7 +7,6 @@ costs no 5xx and no wrong answer, hits resume within seconds and the counters st
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 import uuid
@@ -22,7 +21,6 @@ from tests.helpers import meta_key, push, wait_until
 pytestmark = pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
 
 WAIT = 20
-wait_until = functools.partial(wait_until, seconds=WAIT)  # a failover takes a few seconds
 
 
 def chain(app, device_id: str, device_name: str = "room"):
@@ -66,7 +64,7 @@ def test_invalidation_waits_for_a_replica_on_the_connection_that_dropped_the_key
     entry = settings["CACHE_KEY_PREFIX"] + "device:dev-1|room"
     primary = redis_alive.primary_of(entry).probe
     # (the precondition: a replica is attached; right after a restart it may still be syncing)
-    assert wait_until(lambda: primary.info("replication").get("slave0", {}).get("state") == "online")
+    assert wait_until(lambda: primary.info("replication").get("slave0", {}).get("state") == "online", WAIT)
     owner = create_user(app, "owner")
     register(client, owner, "dev-1", "room")
     assert chain(app, "dev-1") == ["dev-1"]
@@ -101,7 +99,7 @@ def test_a_drop_no_replica_acknowledges_stays_pending_and_redis_unread_until_one
         assert chain(app, "dev-1") == ["dev-1", "dev-2"]  # from MongoDB: this process waits for the ack
     finally:
         replica.resume()
-    assert wait_until(lambda: not dc.invalidator.pending)
+    assert wait_until(lambda: not dc.invalidator.pending, WAIT)
     assert chain(app, "dev-1") == ["dev-1", "dev-2"]
 
 
@@ -185,7 +183,7 @@ def test_failover_under_load_costs_no_error_and_hits_resume_within_seconds(repli
     late_loads = [t for t in loads[loads_before:] if t > promoted + 10]
     assert late_loads == [], f"{len(late_loads)} MongoDB loads more than 10 s after the promotion"
     assert wait_until(lambda: all(dc.pending_counts()["hits"] + dc.pending_counts()["misses"] == 0 for dc in caches
-                                  if not dc.flush()))  # fmt: skip
+                                  if not dc.flush()), WAIT)  # fmt: skip
     after = caches[0].counters()
     looked_up = (after["hits"] - before["hits"]) + (after["misses"] - before["misses"])
     assert looked_up == sum(w.requests for w in workers)  # every lookup counted once, none lost
@@ -201,7 +199,7 @@ def test_admin_routes_follow_a_failover(app, client, redis_alive, settings):
     assert stats()["lookups"]["device"]["scope"] == "all replicas"  # the admin client knows the primaries
     try:
         redis_alive.fail_primary(meta_key(settings["CACHE_KEY_PREFIX"], "stats:device"))
-        assert wait_until(lambda: stats()["redis"]["reachable"], seconds=10), stats()
+        assert wait_until(lambda: stats()["redis"]["reachable"], 10), stats()
         assert stats()["lookups"]["device"]["scope"] == "all replicas"
         assert client.post("/cache/clear", headers=admin).status_code == 200
     finally:
@@ -229,7 +227,7 @@ def test_the_near_cache_follows_a_failover_and_stays_coherent(replicas, redis_al
             names = dc.topology.primary_names(dc.client)
             return near.serving and sorted(listener.name for listener in near._listeners) == sorted(names)
 
-        assert wait_until(subscribed_to_the_new_primaries, seconds=20)
+        assert wait_until(subscribed_to_the_new_primaries, WAIT)
         expected = ["dev-1"]
         for n in range(2, 5):
             assert chain(b, "dev-1") == expected
