@@ -3,7 +3,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -14,8 +13,12 @@ from flask import Flask
 from pymongo import MongoClient
 
 from app import create_app
-from tests.live import LiveReplica
-from tests.servers import ClusterSet, MongoServer, RedisServer, SentinelSet, mongo_base_uri
+from devstack.cluster import ClusterSet
+from devstack.mongo import MongoServer, mongo_base_uri
+from devstack.redis_server import RedisServer
+from devstack.sentinel import SentinelSet
+from devstack.web import LiveReplica
+from tests.helpers import wait_until
 
 TOPOLOGIES = ("standalone", "sentinel", "cluster")
 # Runs a test module's tests once per Redis topology: ``pytestmark = all_topologies``.
@@ -73,10 +76,7 @@ def near_ready(app: Flask, seconds: float = 10.0) -> None:
     if not near.enabled:
         return
     near.get("")  # the first use starts the listener thread
-    deadline = time.monotonic() + seconds
-    while not near.serving:
-        assert time.monotonic() < deadline, "the near cache did not get subscribed"
-        time.sleep(0.01)
+    assert wait_until(lambda: near.serving, seconds), "the near cache did not get subscribed"
 
 
 @pytest.fixture

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
+
+from devstack.wait import wait_until as wait_until  # devstack's one wait_until, for the tests
 
 READINGS_URL = "/api/v1/readings"
 
@@ -83,13 +84,3 @@ def without_l1(counters: dict) -> dict:
     l1_hits = counters.pop("l1_hits")
     assert 0 <= l1_hits <= counters["hits"], (l1_hits, counters)
     return counters
-
-
-def wait_until(condition: Callable[[], Any], seconds: float = 10.0) -> bool:
-    """Poll ``condition`` every 10 ms until it is true (True) or ``seconds`` pass (False)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from app.devices.lookup import SCHEMA_VERSION, lookup_device
+from devstack.ports import free_port
 from tests.conftest import all_topologies, bearer, build_app, create_user, register, stop_app
 from tests.helpers import push, read, wait_until, without_l1
-from tests.servers import free_port
 
 pytestmark = all_topologies
 

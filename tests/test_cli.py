@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devstack.ports import free_port
 from tests.conftest import bearer, build_app, stop_app
 from tests.helpers import push, read
-from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

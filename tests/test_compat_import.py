@@ -23,9 +23,7 @@ from bson import Binary, ObjectId
 from pymongo import MongoClient
 
 from app.compat.importer import Importer
-from tests.conftest import bearer
-from tests.helpers import assert_error, read, stored_readings
-from tests.opensensor_source import (
+from devstack.opensensor_source import (
     add_readings,
     add_user,
     api_keys_of,
@@ -33,6 +31,8 @@ from tests.opensensor_source import (
     snapshot,
     stored_document,
 )
+from tests.conftest import bearer
+from tests.helpers import assert_error, read, stored_readings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = (datetime.now(UTC) - timedelta(hours=6)).replace(second=0, microsecond=0, tzinfo=None)

@@ -693,6 +693,12 @@ def test_dockerignore_keeps_secrets_tests_and_dev_tools_out_of_the_image() -> No
     assert "docker" not in patterns
 
 
+def test_dockerignore_keeps_the_dev_servers_package_out_of_the_image() -> None:
+    """``devstack/`` starts redis-server, SecantusDB and the like for local runs and tests: never in production."""
+    patterns = {line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()}
+    assert "devstack" in patterns
+
+
 # ---------------------------------------------------------------------------------------------
 # docker/entrypoint.sh
 

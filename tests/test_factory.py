@@ -9,8 +9,8 @@ from flask import Flask
 
 from app import create_app
 from app.config import SETTINGS, ConfigError
+from devstack.ports import free_port
 from tests.conftest import stop_app
-from tests.servers import free_port
 
 CONTRACT_DEFAULTS = {
     "MONGO_URI": "mongodb://127.0.0.1:27017/opensensor",

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from devstack.ports import free_port
 from tests.conftest import build_app, create_user, register, stop_app
 from tests.helpers import push, read
-from tests.servers import free_port
 
 
 def test_liveness_checks_nothing(client):

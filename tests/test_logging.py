@@ -7,9 +7,6 @@ import logging
 import os
 import re
 import runpy
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,9 +16,10 @@ import redis
 
 from app.logging import JsonFormatter
 from app.metrics import ENVIRON_KEY, REQUEST_ID_HEADER
+from devstack.celery import start_celery
+from devstack.processes import ROOT, service_env, stop_process
 from tests.conftest import create_user, register
-from tests.helpers import meta_key
-from tests.live import ROOT, service_env, stop_process
+from tests.helpers import meta_key, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
 
@@ -129,24 +127,21 @@ def test_a_live_replica_with_json_logs_writes_nothing_but_json_lines(app, client
 
 def test_worker_and_beat_with_json_logs_write_nothing_but_json_lines(settings, raw, tmp_path):
     env = service_env(settings, LOG_FORMAT="json", LOG_LEVEL="INFO", STATS_INTERVAL=1, WARM_INTERVAL=3600)
-    celery = [sys.executable, "-m", "celery", "-A", "celery_worker", "--quiet"]  # as docker/entrypoint.sh
-    commands = {
-        "worker": [*celery, "worker", "-l", "INFO", "--pool", "solo", "--without-gossip", "--without-mingle"],
-        "beat": [*celery, "beat", "-l", "INFO", "--max-interval", "1", "-s", str(tmp_path / "beat"), "--pidfile", ""],
+    options = {  # --quiet as docker/entrypoint.sh
+        "worker": ["-l", "INFO", "--pool", "solo", "--without-gossip", "--without-mingle"],
+        "beat": ["-l", "INFO", "--max-interval", "1", "-s", str(tmp_path / "beat"), "--pidfile", ""],
     }
-    logs = {name: tmp_path / f"{name}.log" for name in commands}
+    logs = {name: tmp_path / f"{name}.log" for name in options}
     procs = {}
     history = meta_key(settings["CACHE_KEY_PREFIX"], "stats:history")
     try:
-        for name, argv in commands.items():
-            with open(logs[name], "wb") as out:
-                procs[name] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while not raw.llen(history) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        for name, args in options.items():
+            procs[name] = start_celery(name, args, env, logs[name], quiet=True)
+        wait_until(lambda: raw.llen(history), 30, interval=0.2)
     finally:
         for proc in procs.values():
             stop_process(proc)
+
     assert raw.llen(history), {name: path.read_text() for name, path in logs.items()}
     for name, path in logs.items():
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.cache.service import collect_snapshot
 from app.timeutil import parse_iso
+from devstack.processes import ROOT
 from tests.conftest import bearer, create_user, register
 from tests.helpers import assert_error
-from tests.live import ROOT
 
 METRICS = {
     "opensensor_http_requests_total": ("counter", {"method", "route", "status"}),

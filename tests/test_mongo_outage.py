@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from flask import Flask
 
+from devstack.mongo import MongoServer
 from tests.conftest import bearer, build_app, create_user, register, stop_app
-from tests.helpers import assert_error, push, read
-from tests.servers import MongoServer
+from tests.helpers import assert_error, push, read, wait_until
 
 BOUND = 2.5  # seconds; the client gives up on server selection after MONGO_TIMEOUT_MS
 
@@ -64,10 +64,8 @@ def test_requests_get_503_quickly_while_mongodb_is_down_and_recover_after_restar
     assert client.get("/health/live").status_code == 200
 
     own_mongo.start()  # same port, same data directory; the app is not restarted
-    deadline = time.monotonic() + 15
-    while client.get("/health").status_code != 200:
-        assert time.monotonic() < deadline, "no recovery after MongoDB came back"
-        time.sleep(0.1)
+    recovered = wait_until(lambda: client.get("/health").status_code == 200, 15, interval=0.1)
+    assert recovered, "no recovery after MongoDB came back"
     assert client.get("/api/v1/api-keys", headers=bearer(owner)).status_code == 200
     assert push(client, key, "a", "tent", {"temp": 22}).status_code == 201
     [item] = read(client, "a", "tent", "temp").get_json()["items"]
@@ -83,10 +81,8 @@ def test_app_started_while_mongodb_is_down_serves_once_it_is_up(settings, own_mo
         assert_error(client.get("/api/v1/devices"), 503, "db_unavailable")
         assert time.monotonic() - started < BOUND
         own_mongo.start()
-        deadline = time.monotonic() + 15
-        while client.get("/api/v1/devices").status_code != 200:
-            assert time.monotonic() < deadline, "no recovery after MongoDB came up"
-            time.sleep(0.1)
+        recovered = wait_until(lambda: client.get("/api/v1/devices").status_code == 200, 15, interval=0.1)
+        assert recovered, "no recovery after MongoDB came up"
         owner = create_user(app, "owner")
         register(client, owner, "a", "tent")  # the schema was ensured after all
         with app.app_context():

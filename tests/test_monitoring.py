@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,9 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack.ports import free_port
+from devstack.processes import spawn, stop_process
 from tests.conftest import create_user, register
-from tests.live import stop_process
-from tests.servers import free_port
+from tests.helpers import wait_until
 from tests.test_deploy import K8S, build_with_component, selects, validate
 
 COMPONENT = K8S / "components" / "monitoring"
@@ -182,13 +182,11 @@ class Prometheus:
         ]
 
     def __enter__(self) -> Prometheus:
-        self._out = open(self.log, "wb")  # noqa: SIM115 - closed in __exit__
-        self.proc = subprocess.Popen(self.argv, stdout=self._out, stderr=subprocess.STDOUT)
+        self.proc = spawn(self.argv, self.log)
         return self
 
     def __exit__(self, *exc: object) -> None:
         stop_process(self.proc)
-        self._out.close()
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -202,15 +200,17 @@ class Prometheus:
 
     def wait_for(self, expr: str, want: float, timeout: float = 30, **labels: str) -> list[dict[str, Any]]:
         """Until every series of ``expr`` (those with these labels) has the value ``want``."""
-        deadline = time.monotonic() + timeout
-        while True:
+        result: list[dict[str, Any]] = []
+
+        def has_it() -> bool:
+            nonlocal result
             assert self.proc.poll() is None, self.log.read_text()
             result = [item for item in self.query(expr) if labels.items() <= item["metric"].items()]
-            if result and all(float(item["value"][1]) == pytest.approx(want) for item in result):
-                return result
-            if time.monotonic() > deadline:
-                pytest.fail(f"{expr} is {result}, not {want}, after {timeout}s:\n{self.log.read_text()}")
-            time.sleep(0.2)
+            return bool(result) and all(float(item["value"][1]) == pytest.approx(want) for item in result)
+
+        if not wait_until(has_it, timeout, interval=0.2):
+            pytest.fail(f"{expr} is {result}, not {want}, after {timeout}s:\n{self.log.read_text()}")
+        return result
 
 
 def test_real_prometheus_computes_the_hit_ratio_the_test_caused(app, client, live_replica, tmp_path):

@@ -9,8 +9,6 @@ left the other replica serving the old chain.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -20,9 +18,12 @@ from urllib.parse import quote
 
 import pytest
 
+from devstack.celery import start_celery
+from devstack.processes import service_env, stop_process
+from devstack.redis_server import RedisServer
+from devstack.web import LiveReplica
 from tests.conftest import build_app, create_user, stop_app
-from tests.live import ROOT, LiveReplica, service_env
-from tests.servers import RedisServer
+from tests.helpers import wait_until
 
 WAIT = 20  # seconds: a generous bound on one step, never a timing assertion
 
@@ -77,27 +78,17 @@ def stack(settings, own_mongo, live_replica, tmp_path):
     settings = {**settings, "MONGO_URI": f"{own_mongo.uri}/restarts", "WARM_INTERVAL": 2, "STATS_INTERVAL": 2}
     app = build_app(settings)
     env = service_env(settings, LOG_LEVEL="INFO")
-    celery = [sys.executable, "-m", "celery", "-A", "celery_worker"]
-    logs = [open(tmp_path / name, "wb") for name in ("worker.log", "beat.log")]  # noqa: SIM115
     procs = [
-        subprocess.Popen([*celery, "worker", "--pool", "threads", "-c", "2", "--without-gossip", "--without-mingle"],
-                         cwd=ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT),
-        subprocess.Popen([*celery, "beat", "-s", str(tmp_path / "schedule"), "--pidfile", ""],
-                         cwd=ROOT, env=env, stdout=logs[1], stderr=subprocess.STDOUT),
+        start_celery("worker", ["--pool", "threads", "-c", "2", "--without-gossip", "--without-mingle"], env,
+                     tmp_path / "worker.log"),
+        start_celery("beat", ["-s", str(tmp_path / "schedule"), "--pidfile", ""], env, tmp_path / "beat.log"),
     ]  # fmt: skip
     replicas = [live_replica(workers=2, threads=4, **_env(settings)) for _ in range(2)]
     try:
         yield app, replicas
     finally:
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs:
-            log.close()
+            stop_process(proc, 15)
         stop_app(app)
 
 
@@ -119,13 +110,13 @@ def outages(redis: RedisServer, rounds: int) -> None:
 
 
 def wait_healthy(replicas: list[LiveReplica]) -> None:
-    deadline = time.monotonic() + WAIT
     pending = list(replicas)
-    while pending:
-        pending = [r for r in pending if call("GET", r.url + "/health") != (200, HEALTHY)]
-        assert time.monotonic() < deadline, "replicas never reported Redis ok"
-        if pending:
-            time.sleep(0.05)
+
+    def all_healthy() -> bool:
+        pending[:] = [r for r in pending if call("GET", r.url + "/health") != (200, HEALTHY)]
+        return not pending
+
+    assert wait_until(all_healthy, WAIT, interval=0.05), "replicas never reported Redis ok"
 
 
 HEALTHY = {"status": "ok", "checks": {"mongo": "ok", "redis": "ok"}}

@@ -39,9 +39,9 @@ from schemathesis.specs.openapi.checks import (
 
 from app import create_app
 from app.docs.openapi import EXAMPLE_OPENSENSOR_KEY, openapi_document
+from devstack.opensensor_source import add_user
+from devstack.web import LiveReplica
 from tests.conftest import bearer, create_user, register, stop_app
-from tests.live import LiveReplica
-from tests.opensensor_source import add_user
 
 CHECKS = [
     not_a_server_error,

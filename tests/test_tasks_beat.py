@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,23 +14,13 @@ from celery import Celery
 from celery.beat import Service
 
 from app.timeutil import parse_iso
+from devstack.celery import start_celery
+from devstack.processes import service_env, stop_process
 from tests.conftest import all_brokers, bearer, build_app, create_user, register, stop_app
-from tests.helpers import meta_key
-from tests.live import service_env
+from tests.helpers import meta_key, wait_until
 from tests.test_tasks_warm import STATS, WARM, entry_key, running_worker
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning"), all_brokers]
-
-MAIN = Path(__file__).resolve().parent.parent
-
-
-def wait_for(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 @contextmanager
@@ -104,16 +92,14 @@ def test_scheduled_warm_up_and_stats_snapshot_happen_on_their_own(make_app, raw,
     app.extensions["device_cache"].flush()
     raw.delete(entry_key(app, "d1"))
     env = service_env(settings, WARM_INTERVAL=1, STATS_INTERVAL=1, LOG_LEVEL="INFO")
-    command = [sys.executable, "-m", "celery", "-A", "celery_worker", "beat", "--max-interval", "1"]
-    command += ["-s", str(tmp_path / "schedule"), "-l", "info", "--pidfile", ""]
-    with running_worker(app), open(tmp_path / "beat.log", "wb") as log:
-        beat = subprocess.Popen(command, cwd=MAIN, env=env, stdout=log, stderr=subprocess.STDOUT)
+    options = ["--max-interval", "1", "-s", str(tmp_path / "schedule"), "-l", "info", "--pidfile", ""]
+    with running_worker(app):
+        beat = start_celery("beat", options, env, tmp_path / "beat.log")
         try:
-            warmed = wait_for(lambda: bool(raw.exists(entry_key(app, "d1"))), timeout=20)
-            snapshot = wait_for(lambda: bool(history(app, raw)), timeout=5)
+            warmed = wait_until(lambda: bool(raw.exists(entry_key(app, "d1"))), 20, interval=0.1)
+            snapshot = wait_until(lambda: bool(history(app, raw)), 5, interval=0.1)
         finally:
-            beat.terminate()
-            beat.wait(10)
+            stop_process(beat, 10)
     output = (tmp_path / "beat.log").read_text(errors="replace")
     assert warmed, output
     assert snapshot, output
@@ -147,4 +133,8 @@ def test_a_dead_beat_shows_as_a_stale_collector(make_app):
     with running_worker(app) as celery:
         celery.tasks[STATS].apply_async().get(timeout=15)
     assert client.get("/cache/stats", headers=admin).get_json()["collector"]["stale"] is False
-    assert wait_for(lambda: client.get("/cache/stats", headers=admin).get_json()["collector"]["stale"], timeout=6)
+
+    def stale() -> bool:
+        return client.get("/cache/stats", headers=admin).get_json()["collector"]["stale"]
+
+    assert wait_until(stale, 6, interval=0.1)
