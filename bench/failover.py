@@ -1,6 +1,6 @@
 """What a Redis failover costs the clients (issue 8); one command, about 3 minutes.
 
-    . .venv/bin/activate && python bench/failover.py
+    . .venv/bin/activate && python -m bench.failover      # from the repository root
 
 For each topology with replicas it starts real servers on free loopback ports (a Sentinel set:
 primary, replica, three sentinels; a Cluster: three primaries, three replicas), SecantusDB,
@@ -40,27 +40,19 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.cache_bench import Group, http_get, start_secantus, terminate_as_exit, wait_until, write_docs  # noqa: E402
-from tests.live import service_env  # noqa: E402
-from tests.servers import ClusterSet, RedisServer, SentinelSet, free_port  # noqa: E402
+from bench.common import start_replica
+from bench.sections import publish
+from devstack.cluster import ClusterSet
+from devstack.mongo import start_secantusd
+from devstack.processes import Group, service_env, signals_exit
+from devstack.redis_server import RedisServer
+from devstack.sentinel import SentinelSet
+from devstack.web import http_get
 
 SECTION = "## Failover (issue 8)"
 DEVICES = 40
 CLIENT_THREADS = 8
 SAMPLE = re.compile(r"^(opensensor_cache_(?:gets|loads|errors)_total)\{([^}]*)\} ([0-9.e+-]+)$", re.M)
-
-
-def start_replica(group: Group, env: dict, workdir: Path, name: str) -> str:
-    port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-            "--worker-class", "gthread", "--threads", "4", "--log-level", "warning"]  # fmt: skip
-    proc = group.start(name, argv, workdir / f"{name}.log", env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: proc.poll() is None and http_get(base + "/health")[0] == 200, 60, name)
-    return base
 
 
 def seed(env: dict) -> tuple[str, dict[str, str]]:
@@ -173,7 +165,7 @@ def counters(base: str, token: str) -> dict:
 def scenario(name: str, deployment, broker: RedisServer, args, workdir: Path) -> dict:
     group = Group()
     try:
-        _, mongo_port = start_secantus(group, workdir)
+        _, mongo_port = start_secantusd(group, workdir / "mongo", workdir / "secantusd.log")
         settings = {
             "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}/failover",
             **deployment.settings(broker=broker.url(1)),
@@ -239,7 +231,7 @@ def report(rows: list[dict], args) -> str:
     lines = [
         SECTION,
         "",
-        f"Measured {stamp} with `python bench/failover.py` on 2 cores shared by every server, both replicas and",
+        f"Measured {stamp} with `python -m bench.failover` on 2 cores shared by every server, both replicas and",
         f"the clients. Load: {CLIENT_THREADS} closed-loop client threads over two gunicorn replicas (2 gthread workers",
         f"x 4 threads), lookups 4 in 5 and pushes 1 in 5 over {DEVICES} warm devices; the failover is forced",
         f"{args.before:.0f} s into the measured run, which goes on {args.after:.0f} s after the promotion.",
@@ -273,7 +265,7 @@ def main() -> int:
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     rows = []
-    with terminate_as_exit():
+    with signals_exit():
         broker = RedisServer()  # the Cluster's Celery broker (unused here, but required)
         broker.start()
         try:
@@ -290,10 +282,7 @@ def main() -> int:
                     shutil.rmtree(workdir, ignore_errors=True)
         finally:
             broker.cleanup()
-    table = report(rows, args)
-    print(table)
-    if not args.no_docs:
-        write_docs(table, SECTION)
+    publish(report(rows, args), write=not args.no_docs)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Hit ratio with and without the warmers (issue 4): Zipf lookups over 10,000 devices.
 
-    python bench/hit_ratio.py            # about 12 minutes; --help for the knobs
+    python -m bench.hit_ratio            # about 12 minutes; --help for the knobs
 
 Real parts throughout: its own redis-server and SecantusDB (MongoDB wire server) as
 processes, the service's own ``lookup_device`` (the function every route calls) driven at
@@ -20,22 +20,17 @@ import itertools
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import Servers
+from bench.sections import write_section
+from devstack.celery import celery_argv
+from devstack.processes import Group
 
-from bench.cache_bench import Group, start_secantus  # noqa: E402
-from bench.sections import write_section  # noqa: E402
-from tests.servers import RedisServer  # noqa: E402
-
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Hit ratio with warmers (issues 4 and 10)"
 
 
@@ -175,8 +170,7 @@ def run_variant(name, app, env, pairs, args, warmers: bool, workdir: Path) -> di
                 ["worker", "--loglevel", "WARNING", "--concurrency", "1", "--pool", "solo"],
                 ["beat", "--loglevel", "WARNING", "--schedule", str(workdir / f"beat-{name}")],
             ):
-                argv = [sys.executable, "-m", "celery", "-A", "celery_worker", *role]
-                celery.start(role[0], argv, workdir / f"{name}-{role[0]}.log", cwd=ROOT, env=env)
+                celery.start(role[0], celery_argv(*role), workdir / f"{name}-{role[0]}.log", env=env)
         ttl = app.config["DEVICE_CACHE_TTL"]
         seconds = ttl * args.ttls
         sample = zipf_sampler(len(pairs), args.s, args.seed)
@@ -209,11 +203,7 @@ def run_variant(name, app, env, pairs, args, warmers: bool, workdir: Path) -> di
     }
 
 
-def write_doc(table: str) -> None:
-    write_section(SECTION, table, DOC)
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--s", type=float, default=1.1, help="Zipf exponent")
@@ -231,34 +221,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="hit-ratio-"))
-    servers = Group()
-    redis_server = RedisServer()
-    app = None
+
+def accelerated_env(redis_port: int, mongo_port: int, speed: float) -> dict[str, str]:
+    """The service's settings: the bench's own servers, every interval divided by ``speed``."""
+    return {
+        **os.environ,
+        "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}/hitratio",
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/1",
+        "CACHE_KEY_PREFIX": "bench:",
+        "DEVICE_CACHE_TTL": str(round(300 / speed)),
+        "NEGATIVE_CACHE_TTL": str(max(1, round(30 / speed))),
+        "WARM_INTERVAL": str(round(240 / speed)),
+        "HOT_HALF_LIFE": str(3600 / speed),
+        "STATS_INTERVAL": str(round(60 / speed) or 1),
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def run_all(env: dict[str, str], args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """Without warmers, with the default warm-up, then with each ``--top-n``: one app, one data set."""
+    os.environ.update(env)
+    from app import create_app
+
+    app = create_app()
     try:
-        redis_server.start()
-        _, mongo_port = start_secantus(servers, workdir)
-        redis_port = redis_server.port
-        speed = args.speedup
-        env = {
-            **os.environ,
-            "MONGO_URI": f"mongodb://127.0.0.1:{mongo_port}/hitratio",
-            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/1",
-            "CACHE_KEY_PREFIX": "bench:",
-            "DEVICE_CACHE_TTL": str(round(300 / speed)),
-            "NEGATIVE_CACHE_TTL": str(max(1, round(30 / speed))),
-            "WARM_INTERVAL": str(round(240 / speed)),
-            "HOT_HALF_LIFE": str(3600 / speed),
-            "STATS_INTERVAL": str(round(60 / speed) or 1),
-            "LOG_LEVEL": "WARNING",
-        }
-        os.environ.update(env)
-        from app import create_app
-
-        app = create_app()
         pairs = seed_devices(app, args.devices)
         results = [
             run_variant("without warmers", app, env, pairs, args, warmers=False, workdir=workdir),
@@ -277,17 +266,16 @@ def main() -> None:
                     workdir=workdir,
                 )
             )
+        return results
     finally:
-        if app is not None:
-            app.extensions["device_cache"].stop()
-        servers.stop_all()
-        redis_server.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
+        app.extensions["device_cache"].stop()
 
+
+def table(results: list[dict], args: argparse.Namespace) -> str:
     ttl = round(300 / args.speedup)
     short_gap, long_gap = results[0]["gaps"]
     lines = [
-        f"Measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores with `python bench/hit_ratio.py"
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} cores with `python -m bench.hit_ratio"
         f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`: {args.devices:,} devices, Zipf s = {args.s}, "
         f"{args.rate:g} lookups/s through `lookup_device` in {args.threads} threads, time accelerated "
         f"{args.speedup:g}× (DEVICE_CACHE_TTL {ttl} s, WARM_INTERVAL {round(240 / args.speedup)} s, "
@@ -317,10 +305,18 @@ def main() -> None:
             f"| {r['errors']} | {r['warm_runs']} | {r['devices_warmed_per_1000']:.1f} "
             f"| {r['after_gap_per_1000_steady'][0]:.1f} / {r['after_gap_per_1000_steady'][1]:.1f} |"
         )
-    table = "\n".join(lines)
-    print(table)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    with Servers("hit-ratio-") as servers:
+        env = accelerated_env(servers.redis.port, servers.mongo_port, args.speedup)
+        results = run_all(env, args, servers.workdir)
+    text = table(results, args)
+    print(text)
     if not args.no_doc:
-        write_doc(table)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Readings per second of ``flask import-opensensor`` on a generated 1M-reading source (issue 11).
 
-    python bench/import_bench.py             # about 6-8 minutes; --help for the knobs
+    python -m bench.import_bench             # about 6-8 minutes; --help for the knobs
 
 Real parts: its own SecantusDB (``secantusd-py``, a MongoDB wire server) and redis-server as
-processes; the source database is written the way opensensor writes it (``tests/opensensor_source.py``:
+processes; the source database is written the way opensensor writes it (``devstack/opensensor_source.py``:
 ``Users`` with embedded keys, a ``FreeTier`` time series of text values, moisture as Python's repr of
 Decimals, relays as JSON text); the import is the real command in its own process
 (``flask --app wsgi import-opensensor``), into another database of the same server. Measured: the
@@ -22,23 +22,18 @@ import random
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bson import ObjectId
+from pymongo import MongoClient
 
-from bson import ObjectId  # noqa: E402
-from pymongo import MongoClient  # noqa: E402
-
-from bench.cache_bench import Group, start_secantus  # noqa: E402
-from bench.sections import write_section  # noqa: E402
-from tests.opensensor_source import add_user, create_collections, stored_document  # noqa: E402
-from tests.servers import RedisServer  # noqa: E402
+from bench.common import Servers
+from bench.sections import write_section
+from devstack.opensensor_source import add_user, create_collections, stored_document
+from devstack.processes import ROOT
 
 SECTION = "## opensensor import (issue 11)"
 
@@ -132,13 +127,9 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
 
-    group = Group()
-    redis_server = RedisServer()
-    workdir = Path(tempfile.mkdtemp(prefix="import-bench-"))
-    try:
-        redis_server.start()
-        _, port = start_secantus(group, workdir)
-        base = f"mongodb://127.0.0.1:{port}"
+    with Servers("import-bench-") as servers:
+        redis_server = servers.redis
+        base = f"mongodb://127.0.0.1:{servers.mongo_port}"
         with MongoClient(base) as client:
             t0 = time.monotonic()
             shape = generate(client["opensensor"], args.readings, args.devices, args.seed)
@@ -164,9 +155,6 @@ def main() -> None:
         rate = imported / first_s
         print(f"first run: {imported:,} readings in {first_s:.1f} s = {rate:,.0f} readings/s")
         print(f"second run (nothing new): {second_s:.1f} s")
-    finally:
-        group.stop_all()
-        redis_server.cleanup()
 
     measured = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     cpu = platform.processor() or platform.machine()
@@ -174,7 +162,7 @@ def main() -> None:
 import (1-minute load average {load_before:.1f} before, {load_after:.1f} after). Versions: pymongo {version("pymongo")},
 SecantusDB {version("secantusdb")}, Python {platform.python_version()}.
 
-Command (from the venv, at the repository root): `python bench/import_bench.py`
+Command (from the venv, at the repository root): `python -m bench.import_bench`
 
 Source: {args.readings:,} `FreeTier` readings of {shape["devices"]} devices ({shape["users"]} users, two boards each,
 a chain), written as opensensor writes them: temp/rh/CO2 as text on every reading, moisture as Python's repr of Decimals

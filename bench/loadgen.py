@@ -4,9 +4,9 @@ Considered: locust and the like; they bring a web UI and many dependencies, and 
 bench needs only wrk's closed loop (N keep-alive connections, one request in flight on
 each) and its summary, for which gevent (already a dependency) is enough.
 
-    python bench/loadgen.py URL --connections 32 --duration 10
+    python -m bench.loadgen URL --connections 32 --duration 10
 
-prints one line ``BENCHJSON {...}`` with the same fields as the wrk script of cache_bench.py.
+prints one line ``BENCHJSON {...}`` with the same fields as the wrk script of bench/load.py.
 Slower than wrk (it is Python): figures taken with it compare variants with each other,
 not with figures taken with wrk.
 """

@@ -2,7 +2,7 @@
 
 Run by cache_bench.py against its own servers (the app's settings come from the environment):
 
-    python bench/lookup_micro.py
+    python -m bench.lookup_micro
 
 prints one line ``BENCHJSON {name: {"wall_us", "cpu_us"}}`` (median of three batches). Much less
 sensitive to other load on the machine than the HTTP figures, and it shows what each layer costs.
@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app.devices.lookup import load_device  # noqa: E402
-from app.devices.service import public_view  # noqa: E402
-from bench.benchapp import CEILING_KEY, app, memoized_load_device  # noqa: E402
+from app.devices.lookup import load_device
+from app.devices.service import public_view
+from bench.benchapp import CEILING_KEY, app, memoized_load_device
 
 DEVICE = ("demo-00001", "Room 1")
 

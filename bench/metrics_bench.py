@@ -1,6 +1,6 @@
 """What Prometheus metrics cost per request (issue 9): the lookup route with metrics on vs off.
 
-    . .venv/bin/activate && python bench/metrics_bench.py      # about 2 minutes
+    . .venv/bin/activate && python -m bench.metrics_bench      # about 2 minutes
 
 Starts its own redis-server and SecantusDB, seeds them, and serves ``bench.benchapp:app`` from two
 gunicorn instances at once (``-w 2 -k gevent``, gunicorn.conf.py read as in production, so
@@ -8,7 +8,7 @@ metrics are in multiprocess mode): one with the defaults, one with ``METRICS_ENA
 wrk drives the warm lookup route of each in turn, rounds interleaved (the order alternates), and
 the medians are compared; the time of one ``GET /metrics`` scrape is measured too. It writes the
 section "Prometheus metrics cost (issue 9)" of docs/BENCHMARKS.md. Servers, load generator and
-helpers are bench/cache_bench.py's.
+helpers are bench/common.py's and bench/load.py's.
 """
 
 from __future__ import annotations
@@ -16,39 +16,26 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.cache_bench import (  # noqa: E402
-    DOCS,
+from bench.common import (
     GUNICORN_SETTINGS,
     HIT_DEVICE,
-    CpuMeter,
-    Group,
-    LoadGen,
+    Servers,
     bench_env,
     cpu_model,
-    find_loadgen,
-    http_get,
     med,
     seed,
-    start_gunicorn,
-    start_secantus,
-    summary,
-    terminate_as_exit,
+    start_bench_app,
     variant_urls,
     versions,
-    wait_for_quiet,
-    write_docs,
 )
-from tests.servers import RedisServer  # noqa: E402
+from bench.load import CpuMeter, LoadGen, add_load_options, find_loadgen, summary, wait_for_quiet
+from bench.sections import publish
+from devstack.processes import signals_exit
+from devstack.web import http_get
 
 SECTION = "## Prometheus metrics cost (issue 9)"
 VARIANTS = {"on": {}, "off": {"METRICS_ENABLED": "false"}}
@@ -91,7 +78,7 @@ def report(runs: dict[str, list[dict]], scrape: float, load: LoadGen, args: argp
         f"Other processes used at most {others:.0%} of the CPU during one run (the machine may be shared; "
         "the figures of one run are comparable with each other, not with other runs).",
         "",
-        "Command: `python bench/metrics_bench.py" + "".join(f" {a}" for a in sys.argv[1:]) + "`. "
+        "Command: `python -m bench.metrics_bench" + "".join(f" {a}" for a in sys.argv[1:]) + "`. "
         f"Two gunicorn instances of `bench.benchapp:app` run side by side (`{' '.join(GUNICORN_SETTINGS)}`, "
         "gunicorn.conf.py read, so metrics "
         "are in multiprocess mode), one with `METRICS_ENABLED=false`; each serves the warm lookup "
@@ -120,11 +107,7 @@ def report(runs: dict[str, list[dict]], scrape: float, load: LoadGen, args: argp
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=10, help="seconds per variant per round")
-    parser.add_argument("--warmup", type=float, default=3, help="seconds of warm-up per variant")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    add_load_options(parser)
     parser.add_argument("--quiet-wait", type=float, default=30, help="seconds to wait at most for a quiet machine")
     parser.add_argument("--no-docs", action="store_true", help="print the table only")
     return parser.parse_args()
@@ -132,36 +115,22 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    group = Group()
-    workdir = Path(tempfile.mkdtemp(prefix="metrics-bench-"))
-    redis_server = RedisServer()
-    with terminate_as_exit():
-        try:
-            meter = CpuMeter(group, redis_server)
-            load = LoadGen(find_loadgen(args.loadgen), 1, args.connections, workdir, meter)
-            redis_server.start()
-            _, mongo_port = start_secantus(group, workdir)
-            env = bench_env(redis_server, mongo_port)
-            seed(env, workdir, 10)
-            urls = {}
-            for name, extra in VARIANTS.items():
-                _, base = start_gunicorn(group, {**env, **extra}, workdir, f"gunicorn-{name}")
-                urls[name] = variant_urls(base, HIT_DEVICE)["hit"]
-                if http_get(urls[name])[0] != 200:
-                    raise RuntimeError(f"{urls[name]} does not answer 200")
-            scrape = scrape_ms(urls["on"].split("/api/")[0])
-            wait_for_quiet(meter, args.quiet_wait)
-            runs = rounds(load, urls, args)
-            text = report(runs, scrape, load, args)
-        finally:
-            group.stop_all()
-            redis_server.cleanup()
-            shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    print(text)
-    if not args.no_docs:
-        write_docs(text, SECTION)
-        print(f"written to {DOCS.relative_to(ROOT)}")
+    with signals_exit(), Servers("metrics-bench-") as servers:
+        meter = CpuMeter(servers.group, servers.redis)
+        load = LoadGen(find_loadgen(args.loadgen), 1, args.connections, servers.workdir, meter)
+        env = bench_env(servers.redis, servers.mongo_port)
+        seed(env, servers.workdir, 10)
+        urls = {}
+        for name, extra in VARIANTS.items():
+            _, base = start_bench_app(servers.group, {**env, **extra}, servers.workdir, f"gunicorn-{name}")
+            urls[name] = variant_urls(base, HIT_DEVICE)["hit"]
+            if http_get(urls[name])[0] != 200:
+                raise RuntimeError(f"{urls[name]} does not answer 200")
+        scrape = scrape_ms(urls["on"].split("/api/")[0])
+        wait_for_quiet(meter, args.quiet_wait)
+        runs = rounds(load, urls, args)
+        text = report(runs, scrape, load, args)
+    publish(text, write=not args.no_docs)
     return 0
 
 

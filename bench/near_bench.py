@@ -1,6 +1,6 @@
 """The near cache (issue 10): a hit without Redis, and what coherence costs; about 8 minutes.
 
-    . .venv/bin/activate && python bench/near_bench.py
+    . .venv/bin/activate && python -m bench.near_bench      # from the repository root
 
 Starts its own redis-server and SecantusDB (demo data: 50 devices, every fifth private), then:
 
@@ -29,48 +29,29 @@ import datetime as dt
 import http.client
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.cache_bench import (  # noqa: E402
-    CEILING_KEY,
-    HIT_DEVICE,
-    PREFIX,
-    CpuMeter,
-    Group,
-    LoadGen,
-    bench_env,
-    find_loadgen,
-    http_get,
-    seed,
-    start_gunicorn,
-    start_secantus,
-    terminate_as_exit,
-    wait_until,
-    write_docs,
-)
-from tests.servers import RedisServer, free_port  # noqa: E402
+from bench.common import CEILING_KEY, HIT_DEVICE, PREFIX, Servers, bench_env, med, seed, start_bench_app, start_replica
+from bench.load import CpuMeter, LoadGen, find_loadgen
+from bench.sections import publish
+from devstack.processes import ROOT, Group, signals_exit
 
 SECTION = "## Near cache (issue 10)"
 PRIVATE_DEVICE = ("demo-00005", "Room 3")  # demo-data makes every fifth device private
-VARIANTS = ("l1", "owner", "redis", "ceiling")
 LABELS = {
     "l1": "lookup route, warm, near cache (default)",
     "owner": "owner's bearer, private device, warm",
     "redis": "lookup route, warm, `L1_CACHE_SIZE=0` (one Redis GET)",
     "ceiling": "ceiling: a bare route doing one Redis GET",
 }
+VARIANTS = tuple(LABELS)
 
 
 def path(device: tuple[str, str]) -> str:
@@ -78,8 +59,8 @@ def path(device: tuple[str, str]) -> str:
 
 
 def throughput(group: Group, env: dict, workdir: Path, token: str, meter: CpuMeter, args) -> dict:
-    _, base = start_gunicorn(group, env, workdir, "gunicorn-l1")
-    _, base_off = start_gunicorn(group, {**env, "L1_CACHE_SIZE": "0"}, workdir, "gunicorn-no-l1")
+    _, base = start_bench_app(group, env, workdir, "gunicorn-l1")
+    _, base_off = start_bench_app(group, {**env, "L1_CACHE_SIZE": "0"}, workdir, "gunicorn-no-l1")
     urls = {
         "l1": base + path(HIT_DEVICE),
         "owner": base + path(PRIVATE_DEVICE),
@@ -139,16 +120,7 @@ class Client:
 
 
 def storm(group: Group, env: dict, workdir: Path, token: str, seconds: float) -> dict:
-    replica_env = {**env}
-    bases = []
-    for name in ("storm-a", "storm-b"):
-        port = free_port()
-        argv = [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                "--worker-class", "gthread", "--threads", "4", "--log-level", "warning"]  # fmt: skip
-        proc = group.start(name, argv, workdir / f"{name}.log", env=replica_env, cwd=ROOT)
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda proc=proc, base=base: proc.poll() is None and http_get(base + "/health")[0] == 200, 60, name)
-        bases.append(base)
+    bases = [start_replica(group, env, workdir, name) for name in ("storm-a", "storm-b")]
     writer = Client(bases[0], token)
     readers = [Client(bases[1], token) for _ in range(8)]
     device = "/api/v1/devices/storm-0/storm"
@@ -199,14 +171,13 @@ def storm(group: Group, env: dict, workdir: Path, token: str, seconds: float) ->
 
 MEMORY_SCRIPT = r"""
 import json, os, sys, time, tracemalloc
-sys.path.insert(0, sys.argv[1])
 from app import create_app
 from app.devices.lookup import lookup_device
-n = int(sys.argv[2])
+n = int(sys.argv[1])
 app = create_app()
 dc = app.extensions["device_cache"]
 client = dc.client
-template = json.loads(client.get(sys.argv[3]))
+template = json.loads(client.get(sys.argv[2]))
 pipe = client.pipeline(transaction=False)
 for i in range(n):
     value = {**template, "device_id": f"mem-{i:05d}", "chain": [f"mem-{i:05d}"]}
@@ -230,14 +201,14 @@ with app.app_context():
     held = len(dc.near)
     after, t1 = rss(), tracemalloc.get_traced_memory()[0]
 print("BENCHJSON " + json.dumps({"entries": held, "rss_bytes": after - before, "traced_bytes": t1 - t0,
-                                 "value_bytes": len(client.get(sys.argv[3]))}))
+                                 "value_bytes": len(client.get(sys.argv[2]))}))
 dc.stop()
 """
 
 
 def memory(env: dict, entries: int) -> dict:
     key = f"{PREFIX}device:{HIT_DEVICE[0]}|{HIT_DEVICE[1]}"
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(ROOT), str(entries), key], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(entries), key], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
     if line is None:
@@ -245,16 +216,12 @@ def memory(env: dict, entries: int) -> dict:
     return json.loads(line.removeprefix("BENCHJSON "))
 
 
-def med(runs: list[dict], field: str) -> float:
-    return statistics.median(run[field] for run in runs)
-
-
 def report(result: dict, coherence: dict, mem: dict, args, others: list[float]) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         SECTION,
         "",
-        f"Measured {stamp} with `python bench/near_bench.py` on {os.cpu_count()} cores shared by gunicorn, "
+        f"Measured {stamp} with `python -m bench.near_bench` on {os.cpu_count()} cores shared by gunicorn, "
         "redis-server, SecantusDB and wrk (ratios are the point: every variant ran in the same invocation, "
         f"rounds interleaved). Other processes used at most {max(others):.0%} of the CPU during a run. "
         f"gunicorn `-w 2 -k gevent` serving `bench.benchapp:app`; {args.rounds} rounds x {args.duration:g} s per "
@@ -312,30 +279,16 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=10_000, help="near-cache entries of the memory run")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
-    group = Group()
-    workdir = Path(tempfile.mkdtemp(prefix="near-bench-"))
-    redis_server = RedisServer()
-    with terminate_as_exit():
-        try:
-            meter = CpuMeter(group, redis_server)
-            redis_server.start()
-            _, mongo_port = start_secantus(group, workdir)
-            env = bench_env(redis_server, mongo_port)
-            demo = seed(env, workdir, 50)
-            before = meter.snapshot()
-            result = throughput(group, env, workdir, demo["token"], meter, args)
-            others = [r["others"] for runs in result["runs"].values() for rs in runs.values() for r in rs]
-            coherence = storm(group, env, workdir, demo["token"], args.storm)
-            mem = memory(env, args.entries)
-            del before
-        finally:
-            group.stop_all()
-            redis_server.cleanup()
-            shutil.rmtree(workdir, ignore_errors=True)
-    text = report(result, coherence, mem, args, others)
-    print(text)
-    if not args.no_docs:
-        write_docs(text, SECTION)
+    with signals_exit(), Servers("near-bench-") as servers:
+        group, workdir = servers.group, servers.workdir
+        meter = CpuMeter(group, servers.redis)
+        env = bench_env(servers.redis, servers.mongo_port)
+        demo = seed(env, workdir, 50)
+        result = throughput(group, env, workdir, demo["token"], meter, args)
+        others = [r["others"] for runs in result["runs"].values() for rs in runs.values() for r in rs]
+        coherence = storm(group, env, workdir, demo["token"], args.storm)
+        mem = memory(env, args.entries)
+    publish(report(result, coherence, mem, args, others), write=not args.no_docs)
     return 0
 
 

@@ -18,3 +18,18 @@ def write_section(section: str, body: str, doc: Path = DOC) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block
     doc.write_text(text)
+
+
+def write_report(text: str, doc: Path = DOC) -> None:
+    """``write_section`` for a report whose first line is its own ``## …`` heading."""
+    heading, _, body = text.partition("\n")
+    write_section(heading, body.strip("\n"), doc)
+
+
+def publish(text: str, write: bool, doc: Path = DOC) -> None:
+    """Print a report (its first line its ``## …`` heading); with ``write``, put it in ``doc`` too."""
+    print()
+    print(text)
+    if write:
+        write_report(text, doc)
+        print(f"written to {doc}")
