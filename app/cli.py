@@ -1,42 +1,23 @@
-"""Flask CLI: ``init-db`` and ``demo-data``, and the one-line failure every command shares.
-
-The ``users`` commands are ``app/users/cli.py``.
-"""
+"""Flask CLI: ``init-db`` and ``demo-data`` (the ``users`` commands are ``app/users/cli.py``)."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 import click
 from flask.cli import with_appcontext
-from pymongo.errors import PyMongoError
 
 from app.auth import User
 from app.db import READINGS, ensure_schema
-from app.errors import APIError
+from app.errors import APIError, fails_in_one_line
 from app.extensions import mongo
 from app.keys.service import create_key
 from app.timeutil import utcnow_ms
-from app.users.service import UserError, add_user, find_user
-
-
-@contextmanager
-def fails_in_one_line(full: bool = False) -> Iterator[None]:
-    """A command that MongoDB does not answer, or that cannot do what it was asked, ends with one
-    line (click's ``Error: ...``, exit status 1) instead of a traceback. ``full``: the driver's
-    whole message (where it helps to set the server up), else only the error's name."""
-    try:
-        yield
-    except PyMongoError as exc:
-        raise click.ClickException(f"MongoDB is unavailable: {exc if full else exc.__class__.__name__}") from None
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from None
+from app.users.service import add_user, find_user
 
 
 @click.command("init-db")

@@ -12,8 +12,8 @@ import click
 from flask.cli import with_appcontext
 from pymongo.errors import DuplicateKeyError
 
-from app.cli import fails_in_one_line
-from app.users.service import add_user, delete_user, rotate_token
+from app.errors import fails_in_one_line
+from app.users.service import UserError, add_user, delete_user, rotate_token
 
 
 @click.group()
@@ -25,7 +25,7 @@ def users() -> None:
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="May use the /cache admin routes.")
 @with_appcontext
-@fails_in_one_line()
+@fails_in_one_line(UserError)
 def create_user(name: str, admin: bool) -> None:
     """Create a user; the last line of output is JSON with its token, shown only now."""
     if not 1 <= len(name) <= 64 or not name.isprintable():
@@ -50,7 +50,7 @@ WAIT_OPTION = click.option(
 @click.argument("name")
 @WAIT_OPTION
 @with_appcontext
-@fails_in_one_line()
+@fails_in_one_line(UserError)
 def rotate_token_command(name: str, wait: float) -> None:
     """Give a user a new token; the old one is refused on every replica once this returns.
 
@@ -65,7 +65,7 @@ def rotate_token_command(name: str, wait: float) -> None:
 @click.option("--delete-keys", is_flag=True, help="Also delete the user's device keys (their devices become unknown).")
 @WAIT_OPTION
 @with_appcontext
-@fails_in_one_line()
+@fails_in_one_line(UserError)
 def delete_user_command(name: str, delete_keys: bool, wait: float) -> None:
     """Delete a user; its token is refused on every replica once this returns.
 
