@@ -20,20 +20,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.cache.views import INVALIDATE_FIELDS, MAX_PATTERN
+from app.cache.admin_schema import INVALIDATE_FIELDS, MAX_PATTERN, MAX_WARM_LIMIT
 from app.compat.protocol import BLOCKS, LEGACY_TYPES
 from app.keys.service import MAX_DESCRIPTION, PUBLIC_FIELDS
 from app.readings.schema import (
     AGGS,
     MAX_LIST,
+    MAX_PAGE_SIZE,
+    MAX_RESOLUTION,
+    MAX_SPAN,
     MEASUREMENTS,
     NUMERIC,
     PUMP_FIELDS,
+    PUSH_FIELDS,
     QUERYABLE,
     RELAY_FIELDS,
     TEMP_UNITS,
 )
-from app.readings.views import PUSH_FIELDS
 from app.validation import DEVICE_ID_RE, DEVICE_NAME_RE, MAX_MAGNITUDE
 
 Schema = dict[str, Any]
@@ -246,7 +249,7 @@ def schemas(config: Mapping[str, Any]) -> dict[str, Schema]:
                 "measurement": {"enum": list(QUERYABLE)},
                 "unit": {"enum": [*TEMP_UNITS, "kPa"]},
                 "agg": {"enum": list(AGGS)},
-                "resolution": {"type": "integer", "minimum": 1, "maximum": 10080},
+                "resolution": {"type": "integer", "minimum": 1, "maximum": MAX_RESOLUTION},
                 "start": timestamp,
                 "end": timestamp,
                 "items": {
@@ -270,7 +273,7 @@ def schemas(config: Mapping[str, Any]) -> dict[str, Schema]:
                     ),
                 },
                 "page": {"type": "integer", "minimum": 1},
-                "size": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
                 "total": {"type": "integer", "minimum": 0},
                 "pages": {"type": "integer", "minimum": 0},
             },
@@ -353,7 +356,7 @@ def schemas(config: Mapping[str, Any]) -> dict[str, Schema]:
                 "limit": {
                     "type": ["integer", "null"],
                     "minimum": 1,
-                    "maximum": 10_000,
+                    "maximum": MAX_WARM_LIMIT,
                     "description": "null: the default.",
                 }
             }
@@ -433,7 +436,7 @@ def legacy_page_schema(kind: str, timestamp: Schema) -> Schema:
             "items": {"type": "array", "items": obj(item, list(item))},
             "total": {"type": "integer", "minimum": 0},
             "page": {"type": "integer", "minimum": 1},
-            "size": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
             "pages": {"type": "integer", "minimum": 0},
         },
         ["items", "total", "page", "size", "pages"],
@@ -502,12 +505,16 @@ def paths(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         *device_params,
         path_param("measurement", {"enum": list(QUERYABLE)}, "What to read (another: 404)."),
         query_param("start", {"type": "string", "format": "date-time"}, "ISO-8601; default end minus 24 h."),
-        query_param("end", {"type": "string", "format": "date-time"}, "ISO-8601; default now; span ≤ 366 days."),
-        query_param("resolution", {"type": "integer", "minimum": 1, "maximum": 10080}, "Bucket minutes; default 30."),
+        query_param(
+            "end", {"type": "string", "format": "date-time"}, f"ISO-8601; default now; span ≤ {MAX_SPAN.days} days."
+        ),
+        query_param(
+            "resolution", {"type": "integer", "minimum": 1, "maximum": MAX_RESOLUTION}, "Bucket minutes; default 30."
+        ),
         query_param("agg", {"enum": list(AGGS)}, "Default avg for numbers, last for the others."),
         query_param("unit", {"enum": list(TEMP_UNITS)}, "temp only."),
         query_param("page", {"type": "integer", "minimum": 1}, "Default 1."),
-        query_param("size", {"type": "integer", "minimum": 1, "maximum": 1000}, "Default 50."),
+        query_param("size", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}, "Default 50."),
     ]
     stats_example = {
         "redis": {"reachable": True, "version": "7.0.15", "used_memory_human": "2.15M"},
@@ -846,10 +853,14 @@ def legacy_operation(kind: str, measurement: str, field: str) -> dict[str, Any]:
             "examples": {"pair": {"value": "pi-01|greenhouse"}},
         },
         query_param("start_date", {"type": "string"}, "ISO-8601 or a Unix time; default end_date minus 100 days."),
-        query_param("end_date", {"type": "string"}, "ISO-8601 or a Unix time; default now; span ≤ 366 days."),
-        query_param("resolution", {"type": "integer", "minimum": 1, "maximum": 10080}, "Bucket minutes; default 30."),
+        query_param(
+            "end_date", {"type": "string"}, f"ISO-8601 or a Unix time; default now; span ≤ {MAX_SPAN.days} days."
+        ),
+        query_param(
+            "resolution", {"type": "integer", "minimum": 1, "maximum": MAX_RESOLUTION}, "Bucket minutes; default 30."
+        ),
         query_param("page", {"type": "integer", "minimum": 1}, "Default 1."),
-        query_param("size", {"type": "integer", "minimum": 1, "maximum": 1000}, "Default 50."),
+        query_param("size", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}, "Default 50."),
         query_param(
             "unit",
             {"enum": list(TEMP_UNITS)} if kind == "temp" else {"type": "string"},
