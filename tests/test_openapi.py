@@ -22,8 +22,9 @@ from werkzeug.datastructures import MultiDict
 from app.cache.admin_schema import INVALIDATE_FIELDS, WARM_FIELDS
 from app.compat.protocol import BLOCKS, LEGACY_TYPES, METADATA_FIELDS
 from app.compat.views import legacy_query
-from app.docs.openapi import DASHBOARD_STATIC_DIR, openapi_document, static_files
+from app.docs.openapi import openapi_document, static_files
 from app.keys.service import NEW_KEY_FIELDS, PUBLIC_FIELDS
+from app.monitoring.openapi import DASHBOARD_STATIC_DIR
 from app.readings.schema import (
     AGGS,
     PUMP_FIELDS,
