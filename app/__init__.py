@@ -71,8 +71,9 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from app.cli import demo_data, init_db, users
+    from app.cli import demo_data, init_db
     from app.compat.importer import import_opensensor
+    from app.users.cli import users
 
     for command in (users, init_db, demo_data, import_opensensor):
         app.cli.add_command(command)

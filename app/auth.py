@@ -39,9 +39,9 @@ def same_hash(stored: str | None, secret: str) -> bool:
     return stored is not None and hmac.compare_digest(stored, hash_secret(secret))
 
 
-def new_secret(prefix: str) -> tuple[str, str]:
-    """Return (id, secret) for a new token or key."""
-    ident = secrets.token_hex(8)
+def new_secret(prefix: str, ident: str | None = None) -> tuple[str, str]:
+    """Return (id, secret) for a new token or key: a new id, unless given (a rotated token keeps its user's)."""
+    ident = ident or secrets.token_hex(8)
     return ident, f"{prefix}_{ident}_{secrets.token_urlsafe(32)}"
 
 

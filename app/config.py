@@ -1,13 +1,19 @@
 """Configuration: defaults in code, then the environment, then test overrides.
 
 Everything is read when ``create_app`` runs, never at import time, so a test or a
-gunicorn worker gets exactly the environment it was started with.
+gunicorn worker gets exactly the environment it was started with. Each variable is one
+``Setting`` row of ``SETTINGS``: its name, its default and its kind (a number with its bound,
+a flag, text or one of some choices, or one of the formats below); adding one is one line.
+Considered pydantic-settings and environs: both change what a value may be (pydantic reads
+"1.0" as an int and "y" as true) and how a bad one is reported (several lines), and
+pydantic-settings would put pydantic-core in the image, in place of one class of 50 lines.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -27,34 +33,58 @@ class ConfigError(SystemExit):
         return str(self.code)
 
 
-def _positive_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
-    return value
+# A Setting's kind: int, float, bool or str, or a format's own function of (name, raw text).
+Kind = type[int] | type[float] | type[bool] | type[str] | Callable[[str, str], Any]
+_FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
-def _non_negative_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must be 0 or more, got {raw!r}")
-    return value
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its default as it would be written in the environment (None:
+    unset, or derived from other settings in ``derive``) and its kind.
 
+    ``int`` and ``float`` take a bound (``gt``: above it, ``ge``: at least it); ``bool`` is
+    true/false, 1/0, yes/no or on/off; ``str`` is non-empty printable text, or one of
+    ``choices`` (any case, read as written there); any other kind is a format's own function.
+    """
 
-def _positive_float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
-    return value
+    name: str
+    default: str | None
+    kind: Kind = str
+    gt: float | None = None
+    ge: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def read(self, raw: str) -> Any:
+        if self.kind in (int, float):
+            return self._number(raw)
+        if self.kind is bool:
+            if raw.lower() not in _FLAGS:
+                raise ConfigError(f"{self.name} must be true or false, got {raw!r}")
+            return _FLAGS[raw.lower()]
+        if self.choices:
+            by_case = {choice.lower(): choice for choice in self.choices}
+            if raw.lower() not in by_case:
+                listed = f"{', '.join(self.choices[:-1])} or {self.choices[-1]}"
+                raise ConfigError(f"{self.name} must be {listed}, got {raw!r}")
+            return by_case[raw.lower()]
+        if self.kind is str:
+            if not raw or not raw.isprintable():
+                raise ConfigError(f"{self.name} must be non-empty printable text")
+            return raw
+        return self.kind(self.name, raw)
+
+    def _number(self, raw: str) -> int | float:
+        try:
+            value = self.kind(raw)
+        except (TypeError, ValueError):
+            what = "a whole number" if self.kind is int else "a number"
+            raise ConfigError(f"{self.name} must be {what}, got {raw!r}") from None
+        if self.gt is not None and value <= self.gt:
+            raise ConfigError(f"{self.name} must be greater than {self.gt}, got {raw!r}")
+        if self.ge is not None and value < self.ge:
+            raise ConfigError(f"{self.name} must be {self.ge} or more, got {raw!r}")
+        return value
 
 
 def _mongo_uri(name: str, raw: str) -> str:
@@ -96,12 +126,6 @@ def _nodes(name: str, raw: str) -> tuple[tuple[str, int], ...]:
         raise ConfigError(str(exc)) from None
 
 
-def _text(name: str, raw: str) -> str:
-    if not raw or not raw.isprintable():
-        raise ConfigError(f"{name} must be non-empty printable text")
-    return raw
-
-
 def _broker_url(name: str, raw: str) -> str:
     """redis://, rediss://, unix:// (one Redis), sentinel://…;sentinel://… or amqp:// (RabbitMQ)."""
     scheme = urlsplit(raw).scheme
@@ -123,20 +147,6 @@ def _broker_url(name: str, raw: str) -> str:
         ) from None
 
 
-def _log_level(name: str, raw: str) -> str:
-    level = raw.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"{name} must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}")
-    return level
-
-
-def _flag(name: str, raw: str) -> bool:
-    value = raw.lower()
-    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-        raise ConfigError(f"{name} must be true or false, got {raw!r}")
-    return value in ("true", "1", "yes", "on")
-
-
 def _optional_token(name: str, raw: str) -> str | None:
     """A shared secret; empty means unset (a blank line in .env must not mean "the empty token")."""
     if not raw:
@@ -144,12 +154,6 @@ def _optional_token(name: str, raw: str) -> str | None:
     if any(c.isspace() for c in raw) or not raw.isprintable():
         raise ConfigError(f"{name} must be printable without spaces")
     return raw
-
-
-def _log_format(name: str, raw: str) -> str:
-    if raw.lower() not in ("text", "json"):
-        raise ConfigError(f"{name} must be text or json, got {raw!r}")
-    return raw.lower()
 
 
 def broker_url_from(redis_url: str) -> str:
@@ -161,63 +165,77 @@ def broker_url_from(redis_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/1", parts.query, parts.fragment))
 
 
-# name -> (default, parser). A default of None is derived from other settings.
-SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
-    # The contract of the spec.
-    "MONGO_URI": ("mongodb://127.0.0.1:27017/opensensor", _mongo_uri),
-    "REDIS_URL": (None, _redis_url),  # default below, unless another topology is set
-    "REDIS_SENTINELS": (None, _nodes),
-    "REDIS_SENTINEL_MASTER": (None, _text),
-    "REDIS_PASSWORD": (None, _text),
-    "REDIS_SENTINEL_PASSWORD": (None, _text),
-    "REDIS_CLUSTER_NODES": (None, _nodes),
-    "CELERY_BROKER_URL": (None, _broker_url),
-    "CACHE_KEY_PREFIX": ("opensensor:", _prefix),
-    "DEVICE_CACHE_TTL": ("300", _positive_int),
-    "WARM_INTERVAL": ("240", _positive_int),
-    "WARM_TOP_N": (None, _positive_int),  # unset: every device looked up within DEVICE_CACHE_TTL
-    "STATS_INTERVAL": ("60", _positive_int),
-    # Our own knobs.
-    "LOG_LEVEL": ("INFO", _log_level),
-    "NEGATIVE_CACHE_TTL": ("30", _positive_int),
-    "CACHE_SOCKET_TIMEOUT": ("0.1", _positive_float),
-    "CACHE_BREAKER_THRESHOLD": ("3", _positive_int),
-    "CACHE_PROBE_INTERVAL": ("0.1", _positive_float),
-    "L1_CACHE_SIZE": ("10000", _non_negative_int),
-    "L1_CACHE_TTL": (None, _positive_float),  # default: 60, or DEVICE_CACHE_TTL if shorter
-    "CACHE_REPLICA_WAIT_MS": ("20", _positive_int),
-    "CACHE_FLUSH_INTERVAL": ("1", _positive_float),
-    "CACHE_LOCK_TIMEOUT": ("2", _positive_float),
-    "MONGO_TIMEOUT_MS": ("1000", _positive_int),
-    "STATS_HISTORY_SIZE": (None, _positive_int),  # default: a day of snapshots
-    "HOT_HALF_LIFE": ("3600", _positive_float),
-    "TASK_TIME_LIMIT": ("120", _positive_int),
-    "HOT_MAX_DEVICES": ("10000", _positive_int),
-    "CELERY_BROKER_SENTINEL_MASTER": (None, _text),  # default: REDIS_SENTINEL_MASTER
-    "CELERY_QUEUE": ("celery", _text),
-    # Operations (issue 9): Prometheus metrics and log format.
-    "METRICS_ENABLED": ("true", _flag),
-    "METRICS_TOKEN": ("", _optional_token),
-    "LOG_FORMAT": ("text", _log_format),
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+SETTINGS: dict[str, Setting] = {
+    setting.name: setting
+    for setting in (
+        # The contract of the spec.
+        Setting("MONGO_URI", "mongodb://127.0.0.1:27017/opensensor", _mongo_uri),
+        Setting("REDIS_URL", None, _redis_url),  # default in check_topology, unless another topology is set
+        Setting("REDIS_SENTINELS", None, _nodes),
+        Setting("REDIS_SENTINEL_MASTER", None),
+        Setting("REDIS_PASSWORD", None),
+        Setting("REDIS_SENTINEL_PASSWORD", None),
+        Setting("REDIS_CLUSTER_NODES", None, _nodes),
+        Setting("CELERY_BROKER_URL", None, _broker_url),  # default: the topology's database 1
+        Setting("CACHE_KEY_PREFIX", "opensensor:", _prefix),
+        Setting("DEVICE_CACHE_TTL", "300", int, gt=0),
+        Setting("WARM_INTERVAL", "240", int, gt=0),
+        Setting("WARM_TOP_N", None, int, gt=0),  # unset: every device looked up within DEVICE_CACHE_TTL
+        Setting("STATS_INTERVAL", "60", int, gt=0),
+        # Our own knobs.
+        Setting("LOG_LEVEL", "INFO", choices=LOG_LEVELS),
+        Setting("NEGATIVE_CACHE_TTL", "30", int, gt=0),
+        Setting("CACHE_SOCKET_TIMEOUT", "0.1", float, gt=0),
+        Setting("CACHE_BREAKER_THRESHOLD", "3", int, gt=0),
+        Setting("CACHE_PROBE_INTERVAL", "0.1", float, gt=0),
+        Setting("L1_CACHE_SIZE", "10000", int, ge=0),
+        Setting("L1_CACHE_TTL", None, float, gt=0),  # default: 60, or DEVICE_CACHE_TTL if shorter
+        Setting("CACHE_REPLICA_WAIT_MS", "20", int, gt=0),
+        Setting("CACHE_FLUSH_INTERVAL", "1", float, gt=0),
+        Setting("CACHE_LOCK_TIMEOUT", "2", float, gt=0),
+        Setting("MONGO_TIMEOUT_MS", "1000", int, gt=0),
+        Setting("STATS_HISTORY_SIZE", None, int, gt=0),  # default: a day of snapshots
+        Setting("HOT_HALF_LIFE", "3600", float, gt=0),
+        Setting("TASK_TIME_LIMIT", "120", int, gt=0),
+        Setting("HOT_MAX_DEVICES", "10000", int, gt=0),
+        Setting("CELERY_BROKER_SENTINEL_MASTER", None),  # default: REDIS_SENTINEL_MASTER
+        Setting("CELERY_QUEUE", "celery"),
+        # Operations (issue 9): Prometheus metrics and log format.
+        Setting("METRICS_ENABLED", "true", bool),
+        Setting("METRICS_TOKEN", "", _optional_token),
+        Setting("LOG_FORMAT", "text", choices=("text", "json")),
+    )
 }
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TOPOLOGIES = ("REDIS_URL", "REDIS_SENTINELS", "REDIS_CLUSTER_NODES")
 
 
 def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Parse every setting; raise ``ConfigError`` naming the first bad one."""
+    """Parse every setting; raise ``ConfigError`` naming the first bad one.
+
+    An override given as text is read like the environment; any other value is taken as is.
+    """
     overrides = dict(overrides or {})
     config: dict[str, Any] = {}
-    for name, (default, parse) in SETTINGS.items():
+    for name, setting in SETTINGS.items():
         if name in overrides:
             value = overrides.pop(name)
-            config[name] = parse(name, value) if isinstance(value, str) else value
+            config[name] = setting.read(value) if isinstance(value, str) else value
             continue
-        raw = os.environ.get(name, default)
-        if raw is None:
-            continue
-        config[name] = parse(name, raw.strip())
+        raw = os.environ.get(name, setting.default)
+        if raw is not None:
+            config[name] = setting.read(raw.strip())
     check_topology(config)
+    derive(config)
+    config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    config.update(overrides)  # test-only keys such as TESTING
+    return config
+
+
+def derive(config: dict[str, Any]) -> None:
+    """The defaults that depend on other settings, and the bounds between settings."""
     config.setdefault("WARM_TOP_N", None)  # every device looked up within a TTL
     config.setdefault("L1_CACHE_TTL", min(60.0, config["DEVICE_CACHE_TTL"]))
     if config["L1_CACHE_TTL"] > config["DEVICE_CACHE_TTL"]:
@@ -226,10 +244,6 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     # The WAIT shares its command's socket timeout: leave half of it for the rest of the reply.
     if config["CACHE_REPLICA_WAIT_MS"] > config["CACHE_SOCKET_TIMEOUT"] * 500:
         raise ConfigError("CACHE_REPLICA_WAIT_MS must be at most half of CACHE_SOCKET_TIMEOUT")
-    config["MAX_CONTENT_LENGTH"] = 64 * 1024
-    config["JSON_SORT_KEYS"] = False
-    config.update(overrides)  # test-only keys such as TESTING
-    return config
 
 
 def check_topology(config: dict[str, Any]) -> None:

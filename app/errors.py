@@ -1,12 +1,22 @@
-"""Every error leaves as ``{"error": {"code", "message"}}`` with the status of the spec."""
+"""Every error leaves as ``{"error": {"code", "message"}}`` with the status of the spec; from a CLI
+command, as one line."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import click
 from flask import Flask, jsonify
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, NetworkTimeout, ServerSelectionTimeoutError
+from pymongo.errors import (
+    ConnectionFailure,
+    ExecutionTimeout,
+    NetworkTimeout,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -76,3 +86,18 @@ def register_error_handlers(app: Flask) -> None:
     def handle_unexpected(exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal server error")
+
+
+@contextmanager
+def fails_in_one_line(*expected: type[Exception], full: bool = False) -> Iterator[None]:
+    """A CLI command's failure as one line (click's ``Error: ...``, exit status 1), never a traceback.
+
+    MongoDB not answering says so, with the driver's whole message if ``full`` (where it helps to
+    set the server up), else the error's name; an ``expected`` error (an unknown user...) by its message.
+    """
+    try:
+        yield
+    except PyMongoError as exc:
+        raise click.ClickException(f"MongoDB is unavailable: {exc if full else exc.__class__.__name__}") from None
+    except expected as exc:
+        raise click.ClickException(str(exc)) from None

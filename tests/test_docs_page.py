@@ -12,7 +12,8 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
-from app.docs.openapi import STATIC_DIR, STATIC_TYPES
+from app.docs.openapi import STATIC_DIR
+from app.openapi import STATIC_TYPES
 from tests.browser import CHROMIUM, chromium, new_page
 
 

@@ -19,13 +19,22 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from werkzeug.datastructures import MultiDict
 
-from app.cache.views import INVALIDATE_FIELDS, WARM_FIELDS
+from app.cache.admin_schema import INVALIDATE_FIELDS, WARM_FIELDS
 from app.compat.protocol import BLOCKS, LEGACY_TYPES, METADATA_FIELDS
 from app.compat.views import legacy_query
-from app.docs.openapi import DASHBOARD_STATIC_DIR, openapi_document, static_files
+from app.docs.openapi import openapi_document, static_files
 from app.keys.service import NEW_KEY_FIELDS, PUBLIC_FIELDS
-from app.readings.schema import AGGS, PUMP_FIELDS, QUERYABLE, READINGS_FIELDS, RELAY_FIELDS, TEMP_UNITS, parse_query
-from app.readings.views import PUSH_FIELDS
+from app.monitoring.openapi import DASHBOARD_STATIC_DIR
+from app.readings.schema import (
+    AGGS,
+    PUMP_FIELDS,
+    PUSH_FIELDS,
+    QUERYABLE,
+    READINGS_FIELDS,
+    RELAY_FIELDS,
+    TEMP_UNITS,
+    parse_query,
+)
 from tests.conftest import bearer, create_user
 from tests.helpers import assert_error
 

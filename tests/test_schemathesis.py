@@ -38,7 +38,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app import create_app
-from app.docs.openapi import EXAMPLE_OPENSENSOR_KEY, openapi_document
+from app.docs.compat_paths import EXAMPLE_OPENSENSOR_KEY
+from app.docs.openapi import openapi_document
 from devstack.opensensor_source import add_user
 from devstack.web import LiveReplica
 from tests.conftest import bearer, create_user, register, stop_app

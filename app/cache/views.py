@@ -6,15 +6,13 @@ from flask import Blueprint, current_app, jsonify, request
 from kombu.exceptions import OperationalError
 
 from app.auth import require_admin
+from app.cache.admin_schema import INVALIDATE_FIELDS, MAX_PATTERN, MAX_WARM_LIMIT, WARM_FIELDS
 from app.cache.device_cache import device_cache
 from app.cache.service import cache_unavailable, delete_matching, history, stats
 from app.errors import validation_error
 from app.validation import is_int, json_object, reject_unknown
 
 bp = Blueprint("cache", __name__, url_prefix="/cache")
-MAX_PATTERN = 512
-WARM_FIELDS = {"limit"}  # the bodies of POST /cache/warm and /cache/invalidate
-INVALIDATE_FIELDS = {"pattern"}
 
 
 @bp.before_request
@@ -41,8 +39,8 @@ def warm():
     body = json_object(optional=True)
     reject_unknown(body, WARM_FIELDS, "")
     limit = body.get("limit")
-    if limit is not None and (not is_int(limit) or not 1 <= limit <= 10_000):
-        raise validation_error("limit must be a whole number from 1 to 10000", field="limit")
+    if limit is not None and (not is_int(limit) or not 1 <= limit <= MAX_WARM_LIMIT):
+        raise validation_error(f"limit must be a whole number from 1 to {MAX_WARM_LIMIT}", field="limit")
     try:
         # This app's Celery (not the process default): the task name is the contract with the worker.
         result = current_app.extensions["celery"].send_task("tasks.warm.warm_hot_devices", args=[limit], retry=False)

@@ -30,6 +30,9 @@ TEMP_UNITS = ("C", "F", "K")
 ABSOLUTE_ZERO_C = -273.15
 MAX_LIST = 64
 MAX_SPAN = timedelta(days=366)
+MAX_RESOLUTION = 10080  # minutes in a bucket: a week
+MAX_PAGE_SIZE = 1000
+PUSH_FIELDS = {"device_id", "device_name", "readings"}  # the body of POST /api/v1/readings
 
 RELAY_FIELDS = {"position": "int", "enabled": "bool", "seconds": "int", "description": "str"}
 PUMP_FIELDS = {
@@ -190,9 +193,9 @@ def parse_query(measurement: str, args: MultiDict, now: datetime | None = None) 
     return {
         "start": start,
         "end": end,
-        "resolution": _int_arg(args, "resolution", 30, 1, 10080),
+        "resolution": _int_arg(args, "resolution", 30, 1, MAX_RESOLUTION),
         "agg": agg,
         "unit": unit or ("C" if measurement == "temp" else None),
         "page": _int_arg(args, "page", 1, 1, None),
-        "size": _int_arg(args, "size", 50, 1, 1000),
+        "size": _int_arg(args, "size", 50, 1, MAX_PAGE_SIZE),
     }

@@ -6,12 +6,11 @@ from app.auth import api_key_header, auth_required, current_user, invalid, same_
 from app.devices.lookup import lookup_device
 from app.devices.service import readable_device
 from app.errors import APIError, not_found
-from app.readings.schema import QUERYABLE, parse_query, parse_readings
+from app.readings.schema import PUSH_FIELDS, QUERYABLE, parse_query, parse_readings
 from app.readings.service import query_readings, store_reading
 from app.validation import check_pair, json_object, reject_unknown, valid_pair
 
 bp = Blueprint("readings", __name__, url_prefix="/api/v1")
-PUSH_FIELDS = {"device_id", "device_name", "readings"}  # the body of POST /api/v1/readings
 
 
 @bp.post("/readings")
