@@ -7,6 +7,7 @@ gunicorn worker gets exactly the environment it was started with.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
@@ -152,6 +153,26 @@ def _log_format(name: str, raw: str) -> str:
     return raw.lower()
 
 
+_ORIGIN_RE = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated ``scheme://host[:port]``, kept as a browser sends them in ``Origin``: lower
+    case, without the scheme's default port (``https://a.example:443`` is ``https://a.example``).
+    ``*`` is refused: each origin is listed (why: app/cors.py)."""
+    origins: list[str] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        match = _ORIGIN_RE.fullmatch(item.lower())
+        if match is None or (match.group(3) is not None and not 0 < int(match.group(3)) < 65536):
+            raise ConfigError(
+                f"{name} must list origins as scheme://host[:port] (http or https, no path, no '*'), got {item!r}"
+            )
+        scheme, host, port = match.group(1), match.group(2), int(match.group(3) or _DEFAULT_PORTS[match.group(1)])
+        origins.append(f"{scheme}://{host}" + (f":{port}" if port != _DEFAULT_PORTS[scheme] else ""))
+    return tuple(dict.fromkeys(origins))
+
+
 def broker_url_from(redis_url: str) -> str:
     """The spec's default broker: the cache's Redis server, database 1."""
     parts = urlsplit(redis_url)
@@ -199,6 +220,8 @@ SETTINGS: dict[str, tuple[str | None, Callable[[str, str], Any]]] = {
     "METRICS_ENABLED": ("true", _flag),
     "METRICS_TOKEN": ("", _optional_token),
     "LOG_FORMAT": ("text", _log_format),
+    # Dashboards (issue 16): browsers on these origins may call the API (app/cors.py).
+    "CORS_ORIGINS": ("", _origins),
 }
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 TOPOLOGIES = ("REDIS_URL", "REDIS_SENTINELS", "REDIS_CLUSTER_NODES")
