@@ -22,7 +22,7 @@ import pytest
 from bson import Binary, ObjectId
 from pymongo import MongoClient
 
-from app.compat.importer import Importer
+from app.compat.importer.readings import ReadingsImport
 from tests.conftest import bearer
 from tests.helpers import assert_error, read, stored_readings
 from tests.opensensor_source import (
@@ -259,7 +259,7 @@ def test_dry_run_writes_nothing_and_reports_what_a_run_would_do(app, source, wor
 
 
 def test_a_run_stopped_between_a_write_and_its_checkpoint_resumes_without_duplicates(app, source, world, monkeypatch):
-    real_mark_done = Importer._mark_done
+    real_mark_done = ReadingsImport._mark_done
     calls = []
 
     def die_before_the_third_checkpoint(self, checkpoint_id, last, imported):
@@ -268,10 +268,10 @@ def test_a_run_stopped_between_a_write_and_its_checkpoint_resumes_without_duplic
             raise KeyboardInterrupt  # the batch reached MongoDB, its checkpoint did not
         return real_mark_done(self, checkpoint_id, last, imported)
 
-    monkeypatch.setattr(Importer, "_mark_done", die_before_the_third_checkpoint)
+    monkeypatch.setattr(ReadingsImport, "_mark_done", die_before_the_third_checkpoint)
     result = app.test_cli_runner().invoke(args=["import-opensensor", "--source-uri", source.uri, "--batch-size", "2"])
     assert result.exit_code != 0
-    monkeypatch.setattr(Importer, "_mark_done", real_mark_done)
+    monkeypatch.setattr(ReadingsImport, "_mark_done", real_mark_done)
     partial = len(stored_readings(app))
     assert 0 < partial < 7
     _, report = run_import(app, source, "--batch-size", "2")
