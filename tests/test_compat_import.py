@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from bson import Binary, ObjectId
@@ -383,10 +384,44 @@ def test_a_second_import_of_the_same_source_waits_for_the_first(app, source, wor
     assert stored_readings(app) == []
 
 
-@pytest.mark.parametrize(
-    ("uri", "message"),
-    [("http://x/db", "not a valid MongoDB URI"), ("mongodb://127.0.0.1:1", "must name the opensensor database")],
-)
-def test_a_bad_source_uri_is_a_usage_error(app, uri, message):
-    result = app.test_cli_runner().invoke(args=["import-opensensor", "--source-uri", uri])
-    assert result.exit_code == 2 and message in result.output
+def test_a_bad_source_uri_is_a_usage_error(app):
+    result = app.test_cli_runner().invoke(args=["import-opensensor", "--source-uri", "http://x/db"])
+    assert result.exit_code == 2 and "not a valid MongoDB URI" in result.output
+
+
+@pytest.mark.parametrize("path", ["", "/"])
+def test_a_source_uri_without_a_database_reads_opensensors_default(app, client, own_mongo, path):
+    """opensensor ignores its URI's path and keeps everything in ``default`` (opensensor/db.py)."""
+    server = MongoClient(own_mongo.uri, tz_aware=False)
+    default = server["default"]
+    create_collections(default)
+    owner = add_user(default, [{"device_id": "d-1", "device_name": "room"}])
+    add_readings(default, [stored_document("d-1", "room", owner, at(0), {"rh": {"rh": "41"}})])
+    server["opensensor"]["Users"].insert_one({"_id": "someone else's", "api_keys": []})  # not read
+    server.close()
+    _, report = run_import(app, default_source(own_mongo.uri + path))
+    assert report["users"] == {"imported": 1} and report["readings"] == {"imported": 1}
+    assert values(client, "d-1", "room", "rh") == [(iso(0), 41)]
+    with app.app_context():
+        checkpoint = app.extensions["mongo"].db["imports"].find_one({"_id": {"$regex": "/FreeTier$"}})
+    assert checkpoint["_id"] == f"opensensor:127.0.0.1:{own_mongo.port}/default/FreeTier"
+
+
+def default_source(uri: str) -> SimpleNamespace:
+    """What ``run_import`` needs of a source: its URI."""
+    return SimpleNamespace(uri=uri)
+
+
+@pytest.mark.parametrize("collection", [None, "FreeTier"])
+def test_a_source_without_opensensor_documents_is_a_one_line_error_naming_the_database(app, source, collection):
+    if collection is None:  # a database that does not exist at all
+        source = default_source(source.uri + "_missing")
+    result = app.test_cli_runner().invoke(args=["import-opensensor", "--source-uri", source.uri, "--dry-run"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    [line] = result.output.strip().splitlines()
+    name = source.uri.rsplit("/", 1)[1]
+    assert line.startswith(f"Error: the database '{name}' (127.0.0.1:") and "holds no opensensor data" in line
+    assert "no Users or FreeTier documents" in line and "Traceback" not in result.output
+    with app.app_context():
+        db = app.extensions["mongo"].db
+        assert [db[name].count_documents({}) for name in ("users", "api_keys", "readings", "imports")] == [0, 0, 0, 0]

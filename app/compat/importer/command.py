@@ -16,25 +16,40 @@ from app.compat.importer.report import print_report
 from app.compat.importer.run import Importer
 from app.db import ensure_schema
 
+# opensensor-api ignores the path of its connection string and always uses this database
+# (opensensor/db.py: ``client["default"]``).
+OPENSENSOR_DATABASE = "default"
+
 
 def open_source(uri: str) -> tuple[MongoClient, Database, str]:
-    """A client on the source URI (only read, by how it is used) and the source's name: its hosts
-    and database without credentials, which names its checkpoints."""
+    """A client on the source URI (only read, by how it is used), the source database (the URI's, or
+    opensensor's ``default`` when it names none) and the source's name: its hosts and database
+    without credentials, which names its checkpoints."""
     try:
         parsed = parse_uri(uri, validate=True, warn=False)
     except Exception as exc:  # noqa: BLE001 - pymongo raises several types for a bad URI
         raise click.BadParameter(f"not a valid MongoDB URI: {exc}", param_hint="--source-uri") from None
-    if not parsed.get("database"):
-        raise click.BadParameter(
-            "must name the opensensor database, e.g. mongodb://host/opensensor", param_hint="--source-uri"
-        )
+    name = parsed.get("database") or OPENSENSOR_DATABASE
     client: MongoClient = MongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000, appname="opensensor-import")
     hosts = ",".join(sorted(f"{host}:{port}" for host, port in parsed["nodelist"]))
-    return client, client.get_default_database(), f"opensensor:{hosts}/{parsed['database']}"
+    return client, client[name], f"opensensor:{hosts}/{name}"
+
+
+def check_source(source: Database, source_id: str, collections: list[str]) -> None:
+    """A database without any of opensensor's documents is a wrong URI, not an import of nothing."""
+    if not any(source[name].find_one({}, {"_id": 1}) is not None for name in collections):
+        where = source_id.removeprefix("opensensor:")
+        raise click.ClickException(
+            f"the database {source.name!r} ({where}) holds no opensensor data: no {' or '.join(collections)} "
+            f"documents (opensensor keeps them in {OPENSENSOR_DATABASE!r}, which a --source-uri without a "
+            "database reads)"
+        )
 
 
 @click.command("import-opensensor")
-@click.option("--source-uri", required=True, help="MongoDB URI of the opensensor database (only read).")
+@click.option("--source-uri", required=True,
+              help="MongoDB URI of opensensor's server (only read); its database is 'default' unless the URI "
+                   "names another.")  # fmt: skip
 @click.option("--dry-run", is_flag=True, help="Read and convert everything, write nothing, print the report.")
 @click.option(
     "--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="Readings per bulk write."
@@ -69,6 +84,7 @@ def import_opensensor(
     try:
         target = target_client.get_default_database()
         source.command("ping")
+        check_source(source, source_id, [users_collection, *readings_collections])
         ensure_schema(target)  # readings must exist as a time series before the first insert
         importer = Importer(
             source, source_id, target, dry_run=dry_run, batch_size=batch_size, out=out, err=err, rescan=rescan
