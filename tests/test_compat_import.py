@@ -230,6 +230,30 @@ def test_imported_keys_are_hashed_keep_their_flags_and_push_through_environment(
     assert_error(old, 403, "forbidden")
 
 
+def test_a_device_is_private_when_any_key_of_its_chain_is(app, client, source):
+    """opensensor's read check (users.py ``device_id_is_allowed_for_user``) refused everyone but the
+    owner as soon as one of the owner's keys under the device's name was ``private_data``."""
+    add_user(
+        source,
+        [
+            {"device_id": "a-1", "device_name": "mixed"},
+            {"device_id": "a-2", "device_name": "mixed", "private_data": True},  # the chain has a private key
+            {"device_id": "b-1", "device_name": "renewed", "private_data": True},
+            {"device_id": "b-1", "device_name": "renewed"},  # the newest key of the pair is public
+            {"device_id": "c-1", "device_name": "open"},
+            {"device_id": "c-2", "device_name": "open"},
+        ],
+    )
+    add_user(source, [{"device_id": "y-1", "device_name": "mixed"}])  # another owner's chain of that name
+    run_import(app, source)
+    for device_id, name in (("a-1", "mixed"), ("a-2", "mixed"), ("b-1", "renewed")):
+        assert_error(read(client, device_id, name, "rh"), 401, "auth_required")
+    for device_id, name in (("c-1", "open"), ("c-2", "open"), ("y-1", "mixed")):
+        assert read(client, device_id, name, "rh").status_code == 200
+    listed = {(d["device_id"], d["public"]) for d in client.get("/api/v1/devices").get_json()["devices"]}
+    assert listed == {("c-1", True), ("c-2", True), ("y-1", True)}
+
+
 def test_a_second_run_adds_nothing(app, source, world):
     run_import(app, source)
     before = stored_readings(app)

@@ -61,13 +61,19 @@ def plan_import(user_docs: Iterable[dict[str, Any]], report: Report) -> Plan:
 
     A pair claimed by two opensensor users cannot be represented (one owner per pair here): it is
     left out with its readings. When one user holds several keys of a pair (opensensor allowed
-    it), the newest (last in ``api_keys``) is kept.
+    it), the newest (last in ``api_keys``) is kept. A device is private when any of its keys is:
+    opensensor refused a device to everyone but its owner as soon as one key of the owner's
+    keys under its name (its chain) had ``private_data`` (``device_id_is_allowed_for_user``), so
+    every pair of such a chain is imported private, whichever key is kept.
     """
     users, claims = _claims(user_docs, report)
     pairs_of_key: dict[str, set[Pair]] = defaultdict(set)
+    private_chains: set[tuple[str, str]] = set()  # (opensensor user id, device_name)
     for pair, entries in claims.items():
-        for _, entry in entries:
+        for owner, entry in entries:
             pairs_of_key[entry["key"]].add(pair)
+            if entry.get("private_data"):
+                private_chains.add((owner, pair[1]))
     plan = Plan(users, [], {})
     for pair, entries in claims.items():
         owners = {owner for owner, _ in entries}
@@ -78,7 +84,7 @@ def plan_import(user_docs: Iterable[dict[str, Any]], report: Report) -> Plan:
         if len(entries) > 1:
             report.skipped["keys: an older key of a pair (the newest is kept)"] += len(entries) - 1
         owner, entry = entries[-1]
-        private = bool(entry.get("private_data", False))
+        private = (owner, pair[1]) in private_chains
         item = _key_plan(pair, owner, entry, private, len(pairs_of_key[entry["key"]]) > 1, plan, report)
         if item is not None:
             plan.keys.append(item)
