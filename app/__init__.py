@@ -11,6 +11,7 @@ from app.cache.device_cache import init_device_cache
 from app.cache.serializer import JSONSerializer
 from app.celery_app import celery_init_app
 from app.config import load_config
+from app.cors import register_cors
 from app.devices.lookup import load_device, load_devices
 from app.errors import register_error_handlers
 from app.extensions import cache, mongo
@@ -30,6 +31,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     register_metrics(app)
     register_blueprints(app)
     register_error_handlers(app)
+    register_cors(app)
     register_input_guard(app)
     register_commands(app)
     return app

@@ -12,6 +12,7 @@ pydantic-settings would put pydantic-core in the image, in place of one class of
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -156,6 +157,26 @@ def _optional_token(name: str, raw: str) -> str | None:
     return raw
 
 
+_ORIGIN_RE = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated ``scheme://host[:port]``, kept as a browser sends them in ``Origin``: lower
+    case, without the scheme's default port (``https://a.example:443`` is ``https://a.example``).
+    ``*`` is refused: each origin is listed (why: app/cors.py)."""
+    origins: list[str] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        match = _ORIGIN_RE.fullmatch(item.lower())
+        if match is None or (match.group(3) is not None and not 0 < int(match.group(3)) < 65536):
+            raise ConfigError(
+                f"{name} must list origins as scheme://host[:port] (http or https, no path, no '*'), got {item!r}"
+            )
+        scheme, host, port = match.group(1), match.group(2), int(match.group(3) or _DEFAULT_PORTS[match.group(1)])
+        origins.append(f"{scheme}://{host}" + (f":{port}" if port != _DEFAULT_PORTS[scheme] else ""))
+    return tuple(dict.fromkeys(origins))
+
+
 def broker_url_from(redis_url: str) -> str:
     """The spec's default broker: the cache's Redis server, database 1."""
     parts = urlsplit(redis_url)
@@ -206,6 +227,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("METRICS_ENABLED", "true", bool),
         Setting("METRICS_TOKEN", "", _optional_token),
         Setting("LOG_FORMAT", "text", choices=("text", "json")),
+        # Dashboards (issue 16): browsers on these origins may call the API (app/cors.py).
+        Setting("CORS_ORIGINS", "", _origins),
     )
 }
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -291,3 +292,56 @@ def test_legacy_routes_shadow_no_other_route(app, client, path):
         assert response.status_code == 200
     else:
         assert_error(response, 404, "not_found")
+
+
+# -- docs/OPENSENSOR.md section 9, checked against opensensor-api's source ----------------------
+
+# What an opensensor (Fief) login token looks like: a signed JWT this service never issued.
+FIEF_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIwMDAwIn0.c2lnbmF0dXJl"
+
+
+def test_an_opensensor_login_token_is_401_even_on_a_public_device(client, stored):
+    """opensensor went on anonymously past a login token it could not verify; a wrong header is 401 here."""
+    assert legacy(client, "temp").status_code == 200  # public: no header needed
+    for header in (f"Bearer {FIEF_TOKEN}", "Bearer ost_0000000000000000_" + "x" * 40, FIEF_TOKEN):
+        response = legacy(client, "temp", headers={"Authorization": header})
+        assert_error(response, 401, "invalid_credentials")
+
+
+def test_an_x_api_key_that_is_no_key_is_401_and_another_devices_key_follows_the_devices_rules(
+    client, owner, other, stored
+):
+    """opensensor: 403 'Invalid API key' for either; here 401 for a key that is none."""
+    for key in ("A" * 44, "osk_0000000000000000_" + "x" * 40):
+        assert_error(legacy(client, "temp", headers={"X-API-Key": key}), 401, "invalid_credentials")
+    theirs = register(client, other, "o-1", "attic")["api_key"]
+    assert legacy(client, "temp", headers={"X-API-Key": theirs}).status_code == 200  # a public device
+    register(client, owner, "p-1", "vault", private=True)
+    assert_error(legacy(client, "temp", "p-1|vault", headers={"X-API-Key": theirs}), 403, "forbidden")
+
+
+def test_an_unknown_pair_is_404_with_or_without_credentials(client, owner, stored):
+    for headers in ({}, bearer(owner), {"X-API-Key": stored["api_key"]}):
+        assert_error(legacy(client, "temp", "nobody|home", headers=headers), 404, "not_found")
+
+
+def test_legacy_timestamps_end_in_z_at_the_start_of_their_bucket(client, stored):
+    """As opensensor's under pydantic 2 (``Z``); ours are bucket starts, whole minutes."""
+    for kind in ("temp", "humidity", "VPD", "relays"):
+        [item] = legacy(client, kind, resolution=15).get_json()["items"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:(00|15|30|45):00Z", item["timestamp"]), item
+
+
+def test_temperatures_without_unit_are_in_celsius_whatever_the_device_sent(app, client, key):
+    """opensensor answered each reading in its stored unit; here they are stored, and answered, in °C."""
+    assert client.post("/environment/", json=environment(key, temp={"temp": 212, "unit": "F"})).status_code == 201
+    [item] = legacy(client, "temp").get_json()["items"]
+    assert (item["temp"], item["unit"]) == (pytest.approx(100), "C")
+    [item] = legacy(client, "temp", unit="F").get_json()["items"]
+    assert (item["temp"], item["unit"]) == (pytest.approx(212), "F")
+
+
+def test_an_environment_body_over_64_kib_is_413(app, client, key):
+    body = json.dumps(environment(key, rh={"rh": 40}, padding="x" * (64 * 1024)))
+    assert_error(client.post("/environment/", data=body, content_type="application/json"), 413, "payload_too_large")
+    assert stored_readings(app) == []

@@ -17,12 +17,13 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from bson import Binary, ObjectId
 from pymongo import MongoClient
 
-from app.compat.importer import Importer
+from app.compat.importer.readings import ReadingsImport
 from devstack.opensensor_source import (
     add_readings,
     add_user,
@@ -229,6 +230,30 @@ def test_imported_keys_are_hashed_keep_their_flags_and_push_through_environment(
     assert_error(old, 403, "forbidden")
 
 
+def test_a_device_is_private_when_any_key_of_its_chain_is(app, client, source):
+    """opensensor's read check (users.py ``device_id_is_allowed_for_user``) refused everyone but the
+    owner as soon as one of the owner's keys under the device's name was ``private_data``."""
+    add_user(
+        source,
+        [
+            {"device_id": "a-1", "device_name": "mixed"},
+            {"device_id": "a-2", "device_name": "mixed", "private_data": True},  # the chain has a private key
+            {"device_id": "b-1", "device_name": "renewed", "private_data": True},
+            {"device_id": "b-1", "device_name": "renewed"},  # the newest key of the pair is public
+            {"device_id": "c-1", "device_name": "open"},
+            {"device_id": "c-2", "device_name": "open"},
+        ],
+    )
+    add_user(source, [{"device_id": "y-1", "device_name": "mixed"}])  # another owner's chain of that name
+    run_import(app, source)
+    for device_id, name in (("a-1", "mixed"), ("a-2", "mixed"), ("b-1", "renewed")):
+        assert_error(read(client, device_id, name, "rh"), 401, "auth_required")
+    for device_id, name in (("c-1", "open"), ("c-2", "open"), ("y-1", "mixed")):
+        assert read(client, device_id, name, "rh").status_code == 200
+    listed = {(d["device_id"], d["public"]) for d in client.get("/api/v1/devices").get_json()["devices"]}
+    assert listed == {("c-1", True), ("c-2", True), ("y-1", True)}
+
+
 def test_a_second_run_adds_nothing(app, source, world):
     run_import(app, source)
     before = stored_readings(app)
@@ -259,7 +284,7 @@ def test_dry_run_writes_nothing_and_reports_what_a_run_would_do(app, source, wor
 
 
 def test_a_run_stopped_between_a_write_and_its_checkpoint_resumes_without_duplicates(app, source, world, monkeypatch):
-    real_mark_done = Importer._mark_done
+    real_mark_done = ReadingsImport._mark_done
     calls = []
 
     def die_before_the_third_checkpoint(self, checkpoint_id, last, imported):
@@ -268,10 +293,10 @@ def test_a_run_stopped_between_a_write_and_its_checkpoint_resumes_without_duplic
             raise KeyboardInterrupt  # the batch reached MongoDB, its checkpoint did not
         return real_mark_done(self, checkpoint_id, last, imported)
 
-    monkeypatch.setattr(Importer, "_mark_done", die_before_the_third_checkpoint)
+    monkeypatch.setattr(ReadingsImport, "_mark_done", die_before_the_third_checkpoint)
     result = app.test_cli_runner().invoke(args=["import-opensensor", "--source-uri", source.uri, "--batch-size", "2"])
     assert result.exit_code != 0
-    monkeypatch.setattr(Importer, "_mark_done", real_mark_done)
+    monkeypatch.setattr(ReadingsImport, "_mark_done", real_mark_done)
     partial = len(stored_readings(app))
     assert 0 < partial < 7
     _, report = run_import(app, source, "--batch-size", "2")
@@ -383,10 +408,44 @@ def test_a_second_import_of_the_same_source_waits_for_the_first(app, source, wor
     assert stored_readings(app) == []
 
 
-@pytest.mark.parametrize(
-    ("uri", "message"),
-    [("http://x/db", "not a valid MongoDB URI"), ("mongodb://127.0.0.1:1", "must name the opensensor database")],
-)
-def test_a_bad_source_uri_is_a_usage_error(app, uri, message):
-    result = app.test_cli_runner().invoke(args=["import-opensensor", "--source-uri", uri])
-    assert result.exit_code == 2 and message in result.output
+def test_a_bad_source_uri_is_a_usage_error(app):
+    result = app.test_cli_runner().invoke(args=["import-opensensor", "--source-uri", "http://x/db"])
+    assert result.exit_code == 2 and "not a valid MongoDB URI" in result.output
+
+
+@pytest.mark.parametrize("path", ["", "/"])
+def test_a_source_uri_without_a_database_reads_opensensors_default(app, client, own_mongo, path):
+    """opensensor ignores its URI's path and keeps everything in ``default`` (opensensor/db.py)."""
+    server = MongoClient(own_mongo.uri, tz_aware=False)
+    default = server["default"]
+    create_collections(default)
+    owner = add_user(default, [{"device_id": "d-1", "device_name": "room"}])
+    add_readings(default, [stored_document("d-1", "room", owner, at(0), {"rh": {"rh": "41"}})])
+    server["opensensor"]["Users"].insert_one({"_id": "someone else's", "api_keys": []})  # not read
+    server.close()
+    _, report = run_import(app, default_source(own_mongo.uri + path))
+    assert report["users"] == {"imported": 1} and report["readings"] == {"imported": 1}
+    assert values(client, "d-1", "room", "rh") == [(iso(0), 41)]
+    with app.app_context():
+        checkpoint = app.extensions["mongo"].db["imports"].find_one({"_id": {"$regex": "/FreeTier$"}})
+    assert checkpoint["_id"] == f"opensensor:127.0.0.1:{own_mongo.port}/default/FreeTier"
+
+
+def default_source(uri: str) -> SimpleNamespace:
+    """What ``run_import`` needs of a source: its URI."""
+    return SimpleNamespace(uri=uri)
+
+
+@pytest.mark.parametrize("collection", [None, "FreeTier"])
+def test_a_source_without_opensensor_documents_is_a_one_line_error_naming_the_database(app, source, collection):
+    if collection is None:  # a database that does not exist at all
+        source = default_source(source.uri + "_missing")
+    result = app.test_cli_runner().invoke(args=["import-opensensor", "--source-uri", source.uri, "--dry-run"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    [line] = result.output.strip().splitlines()
+    name = source.uri.rsplit("/", 1)[1]
+    assert line.startswith(f"Error: the database '{name}' (127.0.0.1:") and "holds no opensensor data" in line
+    assert "no Users or FreeTier documents" in line and "Traceback" not in result.output
+    with app.app_context():
+        db = app.extensions["mongo"].db
+        assert [db[name].count_documents({}) for name in ("users", "api_keys", "readings", "imports")] == [0, 0, 0, 0]

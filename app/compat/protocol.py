@@ -1,9 +1,9 @@
 """opensensor's shapes, translated into the ``readings`` object of ``POST /api/v1/readings``.
 
 Two sources speak them: a device's ``POST /environment/`` body (measurement blocks such as
-``{"co2": {"ppm": 612}}``, validated by pydantic v1 in opensensor, which coerces ``"21.5"`` to a
-number and ``"true"`` to a boolean) and a ``FreeTier`` document in opensensor's database (the
-same values stored as text: ``"21.5"``, ``"True"``, ``"[Decimal('0.41'), 0.39]"``, relays and
+``{"co2": {"ppm": 612}}``, validated by pydantic in opensensor, whose versions 1 and 2 alike coerce
+``"21.5"`` to a number and ``"true"`` to a boolean) and a ``FreeTier`` document in opensensor's
+database (the same values stored as text: ``"21.5"``, ``"True"``, ``"[Decimal('0.41'), 0.39]"``, relays and
 pumps as JSON text). Both become plain numbers, booleans and lists here; what values are
 *allowed* is decided once, by ``app.readings.schema.parse_readings``.
 
@@ -67,7 +67,7 @@ FREETIER_UNITS: dict[str, str] = {"temp_unit": "temp_unit", "pressure_unit": "pr
 
 _NUMBER_RE = re.compile(r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$")
 _DECIMAL_RE = re.compile(r"""Decimal\(\s*(['"])([^'"]*)\1\s*\)""")
-# pydantic v1's boolean strings (case-insensitive), which opensensor's devices could rely on.
+# pydantic's boolean strings (the same in 1 and 2; case-insensitive), which opensensor's devices could rely on.
 _TRUE = {"1", "on", "t", "true", "y", "yes"}
 _FALSE = {"0", "off", "f", "false", "n", "no"}
 _TEMP_UNITS = {
@@ -159,7 +159,7 @@ def number_list_text(text: str) -> list[Any]:
 def _objects(value: Any, fields: dict[str, str]) -> Any:
     """Relays or pumps: opensensor's ``null`` optional fields dropped, its extra fields ignored.
 
-    pydantic v1 ignored unknown fields and coerced ``"1"`` to ``1``; an item's own ``timestamp``
+    pydantic ignored unknown fields and coerced ``"1"`` to ``1``; an item's own ``timestamp``
     (pumps had one) is ignored like every timestamp a device sends.
     """
     if not isinstance(value, list):
@@ -203,7 +203,7 @@ def readings_from_environment(body: dict[str, Any]) -> dict[str, Any]:
     """A ``POST /environment/`` body's measurement blocks -> a ``readings`` object (maybe empty).
 
     Raises ``Unconvertible`` for a block that is not an object, lacks its value or holds text
-    that is no number list; unknown blocks and fields are ignored, as pydantic v1 did.
+    that is no number list; unknown blocks and fields are ignored, as pydantic did.
     """
     readings: dict[str, Any] = {}
     for block, (field, measurement, unit_field) in BLOCKS.items():

@@ -37,7 +37,7 @@ bp = Blueprint("compat", __name__)
 DEFAULT_SPAN = timedelta(days=100)
 # The query parameters of opensensor's reads -> ours (``unit`` only means something for temp).
 QUERY_NAMES = {"start_date": "start", "end_date": "end", "resolution": "resolution", "page": "page", "size": "size"}
-_EPOCH_MS_ABOVE = 2e10  # pydantic v1 read a larger number as milliseconds, a smaller one as seconds
+_EPOCH_MS_ABOVE = 2e10  # pydantic (1 and 2) read a larger number as milliseconds, a smaller one as seconds
 
 
 def schema_error(message: str, field: str) -> APIError:
@@ -88,7 +88,11 @@ def environment() -> Response:
 
 
 def _metadata(metadata: Any) -> tuple[str, str | None, str | None]:
-    """``device_metadata``'s (device_id, name, api_key); pydantic v1 made a number a string."""
+    """``device_metadata``'s (device_id, name, api_key); a number is read as its text.
+
+    opensensor's pydantic 2 refused a number there (422; pydantic 1 made it text): accepting it
+    breaks no device that worked there (docs/OPENSENSOR.md lists the difference).
+    """
     if not isinstance(metadata, dict):
         raise schema_error("device_metadata must be an object", "device_metadata")
     values: dict[str, Any] = {}
@@ -154,7 +158,7 @@ def legacy_query(measurement: str, args: MultiDict, now: datetime | None = None)
 
 
 def _date_arg(args: MultiDict, name: str) -> datetime | None:
-    """An ISO-8601 date-time, or a Unix time in seconds (milliseconds when large), as pydantic v1 read them."""
+    """An ISO-8601 date-time, or a Unix time in seconds (milliseconds when large), as pydantic read them."""
     raw = args.get(name)
     if raw is None:
         return None
