@@ -7,12 +7,13 @@ from typing import Any
 
 from flask import Flask
 
-from app.cache.device_cache import init_device_cache
 from app.cache.serializer import JSONSerializer
+from app.cache.shared import Sources, init_cache
 from app.celery_app import celery_init_app
 from app.config import load_config
 from app.cors import register_cors
-from app.devices.lookup import load_device, load_devices
+from app.db import OUTBOX
+from app.devices.lookup import SCHEMA_VERSION, chain_pairs, load_device, load_devices
 from app.errors import register_error_handlers
 from app.extensions import cache, mongo
 from app.logging import configure_logging
@@ -53,12 +54,13 @@ def cache_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def register_extensions(app: Flask) -> None:
     mongo.init_app(app)
     cache.init_app(app, config=cache_config(app.config))
-    init_device_cache(app, app.extensions["cache"][cache], load_device, load_devices)
+    sources = Sources(load_device, load_devices, chain_pairs, SCHEMA_VERSION, lambda: mongo.db[OUTBOX])
+    init_cache(app, app.extensions["cache"][cache], sources)
     celery_init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.cache.views import bp as cache_bp
+    from app.cache_admin.views import bp as cache_bp
     from app.compat.views import bp as compat_bp
     from app.devices.views import bp as devices_bp
     from app.docs.views import bp as docs_bp

@@ -18,8 +18,8 @@ from typing import Any
 
 from flask import request
 
-from app.cache.device_cache import USER, device_cache
-from app.cache.user_cache import cached_user
+from app.cache.keys import user_key
+from app.cache.shared import USER, shared_cache
 from app.db import KEYS, USERS
 from app.errors import APIError
 from app.extensions import mongo
@@ -81,7 +81,7 @@ def current_user() -> User | None:
     if scheme.lower() != "bearer" or not token:
         raise invalid("malformed Authorization header, expected 'Bearer <token>'")
     user_id = secret_id(token, TOKEN_PREFIX)
-    doc = cached_user(device_cache(), user_id, load_user) if user_id else None
+    doc = shared_cache().lookup(USER, user_key(user_id), lambda: load_user(user_id)) if user_id else None
     if doc is None or not doc["found"] or not same_hash(doc.get("token_hash"), token):
         raise invalid("invalid bearer token")
     return User(doc["user_id"], doc["name"], doc["admin"])

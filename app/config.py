@@ -216,6 +216,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("CACHE_REPLICA_WAIT_MS", "20", int, gt=0),
         Setting("CACHE_FLUSH_INTERVAL", "1", float, gt=0),
         Setting("CACHE_LOCK_TIMEOUT", "2", float, gt=0),
+        Setting("CACHE_LEASE", "1", float, gt=0),  # app/cache/outbox.py
+        Setting("OUTBOX_POLL_INTERVAL", "0.2", float, gt=0),
         Setting("MONGO_TIMEOUT_MS", "1000", int, gt=0),
         Setting("STATS_HISTORY_SIZE", None, int, gt=0),  # default: a day of snapshots
         Setting("HOT_HALF_LIFE", "3600", float, gt=0),
@@ -264,6 +266,8 @@ def derive(config: dict[str, Any]) -> None:
     if config["L1_CACHE_TTL"] > config["DEVICE_CACHE_TTL"]:
         raise ConfigError("L1_CACHE_TTL must not be above DEVICE_CACHE_TTL")
     config.setdefault("STATS_HISTORY_SIZE", max(1, 86400 // config["STATS_INTERVAL"]))
+    if config["OUTBOX_POLL_INTERVAL"] * 2 > config["CACHE_LEASE"]:
+        raise ConfigError("OUTBOX_POLL_INTERVAL must be at most half of CACHE_LEASE")
     # The WAIT shares its command's socket timeout: leave half of it for the rest of the reply.
     if config["CACHE_REPLICA_WAIT_MS"] > config["CACHE_SOCKET_TIMEOUT"] * 500:
         raise ConfigError("CACHE_REPLICA_WAIT_MS must be at most half of CACHE_SOCKET_TIMEOUT")

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 USERS = "users"
 KEYS = "api_keys"
 READINGS = "readings"
-IMPORTS = "imports"  # checkpoints and the lease of ``import-opensensor`` (app/compat/importer.py)
+IMPORTS = "imports"  # checkpoints and the lease of ``import-opensensor`` (app/compat/importer/)
+OUTBOX = "cache_outbox"  # invalidations recorded with their changes (app/cache/outbox.py)
 
 INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
     USERS: [
@@ -40,6 +41,10 @@ INDEXES: dict[str, list[tuple[list[tuple[str, int]], dict[str, Any]]]] = {
         ([("device_id", ASCENDING), ("device_name", ASCENDING)], {"unique": True, "name": "pair_unique"}),
         ([("device_name", ASCENDING), ("owner_id", ASCENDING)], {"name": "name_owner"}),
         ([("owner_id", ASCENDING)], {"name": "owner"}),
+    ],
+    OUTBOX: [
+        ([("held", ASCENDING), ("at", ASCENDING)], {"name": "held_at"}),
+        ([("scope", ASCENDING)], {"name": "scope"}),
     ],
     READINGS: [
         (

@@ -24,6 +24,7 @@ from flask_caching import Cache
 from app import create_app
 from app.auth import api_key_header, current_user
 from app.cache.serializer import JSONSerializer
+from app.cache.shared import shared_cache
 from app.devices.lookup import load_device
 from app.devices.service import check_read_access, public_view, require_found
 from app.errors import not_found
@@ -51,7 +52,7 @@ def _answer(device_id: str, device_name: str, lookup):
 
 @bp.get("/ceiling")
 def ceiling():
-    client = current_app.extensions["device_cache"].client
+    client = shared_cache().client
     raw = client.get(current_app.config["CACHE_KEY_PREFIX"] + CEILING_KEY)
     if raw is None:
         raise not_found("bench ceiling value missing")

@@ -10,7 +10,7 @@ from bench.load import LoadGen
 SECTION = "## Cache hit path (issue 3)"
 VARIANTS = ("hit", "ceiling", "memoize", "uncached")
 LABELS = {
-    "hit": "hit: lookup route, warm (DeviceCache)",
+    "hit": "hit: lookup route, warm (SharedCache)",
     "ceiling": "(a) ceiling: one Redis GET",
     "memoize": "(b) Flask-Caching `@cache.memoize`",
     "uncached": "(c) uncached MongoDB lookup",
@@ -147,9 +147,9 @@ Data: `demo-data --devices 50 --days 0`; the device is the public
 `{HIT_DEVICE[0]}` / `{HIT_DEVICE[1]}`, whose cached lookup is {info["value_bytes"]} bytes of JSON and whose
 response body is {info["body_bytes"]} bytes (the same body from every variant, checked).
 
-- hit: `GET /api/v1/devices/<id>/<name>`, no credentials, served by `DeviceCache.get` (one GET, warm).
+- hit: `GET /api/v1/devices/<id>/<name>`, no credentials, served by `SharedCache.get` (one GET, warm).
 - (a) `/bench/ceiling`: one GET of a {info["value_bytes"]}-byte copy of that value on the cache's own client
-  (`app.extensions["device_cache"].client`), JSON-decoded, answered with the same body.
+  (`app.extensions["shared_cache"].client`), JSON-decoded, answered with the same body.
 - (b) `/bench/memoize/<id>/<name>`: `load_device` behind `@cache.memoize()` of a second `Cache` on the same Redis
   (Flask-Caching defaults: no socket timeouts, redis-py retries; plus the JSON serializer, a `bench:memo:` namespace and
   the same TTL). A hit costs it two round trips: MGET of the memoize version key, then GET.

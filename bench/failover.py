@@ -68,7 +68,7 @@ def seed(env: dict) -> tuple[str, dict[str, str]]:
         body = {"device_id": f"f{i:03d}", "device_name": f"room {i}"}
         response = client.post("/api/v1/api-keys", json=body, headers={"Authorization": f"Bearer {owner['token']}"})
         keys[body["device_id"]] = response.get_json()["api_key"]
-    app.extensions["device_cache"].stop()
+    app.extensions["shared_cache"].stop()
     return admin["token"], keys
 
 

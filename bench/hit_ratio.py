@@ -74,7 +74,7 @@ def seed_devices(app, count: int) -> list[tuple[str, str]]:
 
 
 def counters(app) -> dict[str, int]:
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     dc.flush()
     values = dc.counters()
     return {name: values[name] for name in ("hits", "misses", "loads", "errors")}
@@ -83,7 +83,7 @@ def counters(app) -> dict[str, int]:
 def reset(app, broker_url: str) -> None:
     import redis
 
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     dc.flush()
     client = dc.admin_client()
     for pattern in (dc.prefix + "*", dc.meta + "*"):
@@ -268,7 +268,7 @@ def run_all(env: dict[str, str], args: argparse.Namespace, workdir: Path) -> lis
             )
         return results
     finally:
-        app.extensions["device_cache"].stop()
+        app.extensions["shared_cache"].stop()
 
 
 def table(results: list[dict], args: argparse.Namespace) -> str:

@@ -22,7 +22,7 @@ DEVICE = ("demo-00001", "Room 1")
 
 
 def main() -> None:
-    cache = app.extensions["device_cache"]
+    cache = app.extensions["shared_cache"]
     client = cache.client
     ceiling_key = app.config["CACHE_KEY_PREFIX"] + CEILING_KEY
     calls = {

@@ -175,7 +175,7 @@ from app import create_app
 from app.devices.lookup import lookup_device
 n = int(sys.argv[1])
 app = create_app()
-dc = app.extensions["device_cache"]
+dc = app.extensions["shared_cache"]
 client = dc.client
 template = json.loads(client.get(sys.argv[2]))
 pipe = client.pipeline(transaction=False)

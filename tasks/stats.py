@@ -6,8 +6,9 @@ from typing import Any
 from celery import shared_task
 from flask import current_app
 
+from app.cache.admin import collect_snapshot
 from app.cache.locks import run_lock
-from app.cache.service import collect_snapshot
+from app.cache.shared import shared_cache
 
 log = logging.getLogger("app.tasks")
 
@@ -15,11 +16,11 @@ log = logging.getLogger("app.tasks")
 @shared_task(name="tasks.stats.collect_cache_stats", ignore_result=False)
 def collect_cache_stats() -> dict[str, Any]:
     """Snapshot the cache's statistics into the capped history; a duplicate tick is skipped."""
-    dc = current_app.extensions["device_cache"]
+    dc = shared_cache()
     # Kept for 3/4 of the interval: more than half, so a second beat at any phase is swallowed,
     # and a quarter of slack for a late tick of the one beat.
     window_ms = max(1, current_app.config["STATS_INTERVAL"] * 750)
-    with run_lock(dc.client, dc.meta + "lock:stats", window_ms, release=False) as held:
+    with run_lock(dc.client, dc.keys.stats_lock, window_ms, release=False) as held:
         if not held:
             log.info("stats snapshot skipped: a duplicate tick")
             return {"overlap": True}

@@ -72,7 +72,7 @@ def near(request) -> str:
 
 def near_ready(app: Flask, seconds: float = 10.0) -> None:
     """Start the app's near cache now and wait until its listeners are subscribed (if it is on)."""
-    near = app.extensions["device_cache"].near
+    near = app.extensions["shared_cache"].near
     if not near.enabled:
         return
     near.get("")  # the first use starts the listener thread
@@ -160,7 +160,7 @@ def app(settings: dict) -> Iterator[Flask]:
 
 
 def stop_app(app: Flask) -> None:
-    app.extensions["device_cache"].stop()
+    app.extensions["shared_cache"].stop()
     app.extensions["mongo"].close()
 
 

@@ -39,7 +39,7 @@ def assert_logged_once_per_state_change(caplog) -> None:
 
 def count_rounds(dc, monkeypatch) -> None:
     """Count the background thread's completed rounds in ``dc.rounds_done``."""
-    tick = dc.tick
+    tick = dc.background.tick
     dc.rounds_done = 0
 
     def counted() -> None:
@@ -48,7 +48,7 @@ def count_rounds(dc, monkeypatch) -> None:
         finally:
             dc.rounds_done += 1
 
-    monkeypatch.setattr(dc, "tick", counted)
+    monkeypatch.setattr(dc.background, "tick", counted)
 
 
 @pytest.mark.parametrize("outage", ["stop", "kill", "pause"])
@@ -59,7 +59,7 @@ def test_requests_succeed_through_a_redis_outage_and_caching_resumes_after_it(
     owner = create_user(app, "owner")
     key = register(client, owner, "dev-1", "room")
     assert client.get(URL).status_code == 200  # warm
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     count_rounds(dc, monkeypatch)
 
     getattr(redis_alive, outage)()
@@ -108,7 +108,7 @@ def fail_if_called(device_id: str, device_name: str) -> dict:
 def test_counters_kept_while_redis_is_down_are_sent_when_it_is_back(app, client, redis_alive):
     owner = create_user(app, "owner")
     register(client, owner, "dev-1", "room")
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     redis_alive.stop()
     try:
         for _ in range(6):
@@ -140,7 +140,7 @@ def test_app_started_with_redis_down_serves_then_caches_once_redis_is_up(setting
         assert stats.status_code == 200 and stats.get_json()["redis"]["reachable"] is False
 
         redis_alive.start()  # no rebuild of the app
-        dc = app.extensions["device_cache"]
+        dc = app.extensions["shared_cache"]
         assert wait_until(lambda: not dc.breaker.is_open)
         assert client.get(URL).status_code == 200
         assert json.loads(raw.get(settings["CACHE_KEY_PREFIX"] + "device:dev-1|room"))["chain"] == ["dev-1"]
@@ -213,7 +213,7 @@ def test_redis_refusing_writes_never_becomes_an_error_response(app, client, redi
         for node, config in zip(primaries, saved, strict=True):
             node.config_set("maxmemory", config["maxmemory"])
             node.config_set("maxmemory-policy", config["maxmemory-policy"])
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     assert dc.pending_counts()["errors"] + dc.counters()["errors"] >= 1
 
 
@@ -236,7 +236,7 @@ def test_unusable_entry_counts_as_a_miss_and_is_replaced_at_once(settings, raw, 
             assert took < 2 * SLOW
         value = json.loads(raw.get(key))
         assert value["v"] == SCHEMA_VERSION and value["chain"] == ["dev-1"]
-        counters = app.extensions["device_cache"]
+        counters = app.extensions["shared_cache"]
         counters.flush()
         assert without_l1(counters.counters()) | {"hit_ratio": None} == {
             "hits": 1,
@@ -257,7 +257,7 @@ def test_counters_sent_while_redis_hangs_are_counted_once(settings, redis_alive)
         client = app.test_client()
         for _ in range(5):
             assert client.get("/api/v1/devices/ghost/room").status_code == 404
-        dc = app.extensions["device_cache"]
+        dc = app.extensions["shared_cache"]
         redis_alive.pause()
         try:
             dc.flush()  # times out; Redis has the batch in its socket buffer
@@ -274,7 +274,7 @@ def test_counters_sent_while_redis_hangs_are_counted_once(settings, redis_alive)
 
 
 def test_cache_client_fails_fast_without_retries(app, topology):
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     with app.app_context():
         lookup_device("dev-1", "room")  # a Cluster's client is built on first use
     [(_, node)] = dc.topology.primaries(dc.client)[:1]
@@ -292,17 +292,17 @@ def test_breaker_is_per_process(settings, raw, caplog):
     try:
         owner = create_user(a, "owner")
         register(a.test_client(), owner, "dev-1", "room")
-        a.extensions["device_cache"].probe = lambda: False  # only this process cannot reach Redis
-        a.extensions["device_cache"].breaker.trip(redis.ConnectionError("only this process lost Redis"))
+        a.extensions["shared_cache"].probe = lambda: False  # only this process cannot reach Redis
+        a.extensions["shared_cache"].breaker.trip(redis.ConnectionError("only this process lost Redis"))
         for _ in range(3):
             assert a.test_client().get(URL).status_code == 200  # from MongoDB, Redis untouched
         assert not raw.exists(settings["CACHE_KEY_PREFIX"] + "device:dev-1|room")
         assert b.test_client().get(URL).status_code == 200
-        b.extensions["device_cache"].loader = fail_if_called
+        b.extensions["shared_cache"].loader = fail_if_called
         assert b.test_client().get(URL).status_code == 200  # the other replica caches on
-        assert not b.extensions["device_cache"].breaker.is_open
-        del a.extensions["device_cache"].probe  # it reaches Redis again
-        assert wait_until(lambda: not a.extensions["device_cache"].breaker.is_open)  # its probe succeeds
+        assert not b.extensions["shared_cache"].breaker.is_open
+        del a.extensions["shared_cache"].probe  # it reaches Redis again
+        assert wait_until(lambda: not a.extensions["shared_cache"].breaker.is_open)  # its probe succeeds
     finally:
         stop_app(a)
         stop_app(b)

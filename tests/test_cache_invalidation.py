@@ -24,7 +24,7 @@ class SlowLoader:
     """
 
     def __init__(self, app):
-        self.dc = app.extensions["device_cache"]
+        self.dc = app.extensions["shared_cache"]
         self.real = self.dc.loader
         self.loaded = threading.Event()
         self.release = threading.Event()
@@ -172,7 +172,7 @@ def test_fill_finishing_midway_through_an_admin_invalidate_leaves_no_stale_entry
     early = Lookup(app, "dev-1", "room")
     assert slow.loaded.wait(WAIT)
 
-    from app.cache import service as cache_service
+    from app.cache import admin as cache_service
 
     real_unlink = cache_service._unlink_matching
     passes = []
@@ -200,7 +200,7 @@ def test_invalidation_that_fails_on_redis_is_applied_before_this_replica_reads_r
     owner = create_user(app, "owner")
     register(client, owner, "dev-1", "room")
     assert chain(app, "dev-1", "room") == ["dev-1"]
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
 
     def write_fails(*args, **kwargs):
         raise redis.ConnectionError("connection reset")

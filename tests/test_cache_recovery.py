@@ -70,8 +70,8 @@ def test_after_any_sequence_of_outages_first_lookups_fill_and_later_ones_never_r
         assert lookups.errors == [] and lookups.count > 0
 
     # Within about a second of Redis's return every process uses it again (probed every 0.1 s).
-    caches = [app.extensions["device_cache"] for app in replicas]
-    assert wait_until(lambda: all(dc._readable() for dc in caches), 2.0), [
+    caches = [app.extensions["shared_cache"] for app in replicas]
+    assert wait_until(lambda: all(dc.readable() for dc in caches), 2.0), [
         (dc.breaker.is_open, dc.invalidator.pending) for dc in caches
     ]
     register(a.test_client(), owner, "new", "hall")
@@ -87,8 +87,8 @@ def test_invalidation_reaches_redis_even_while_the_breaker_is_open(app, client, 
     assert client.get("/api/v1/devices/dev-1/room").status_code == 200
     entry = settings["CACHE_KEY_PREFIX"] + "device:dev-1|room"
     assert raw.exists(entry)
-    dc = app.extensions["device_cache"]
-    dc.probe = lambda: False  # the breaker stays open: this process believes Redis is down
+    dc = app.extensions["shared_cache"]
+    dc.background.probe = lambda: False  # the breaker stays open: this process believes Redis is down
     dc.breaker.trip(redis.ConnectionError("a moment ago"))
     register(client, owner, "dev-2", "room")
     assert not raw.exists(entry)  # dropped before the response, breaker or not
@@ -99,7 +99,7 @@ def test_failed_invalidation_is_retried_every_probe_interval_until_it_lands(app,
     owner = create_user(app, "owner")
     register(client, owner, "dev-1", "room")
     assert client.get("/api/v1/devices/dev-1/room").status_code == 200
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     real_write, failures = dc.replicas.write, []
 
     def fails_three_times(*args, **kwargs):
@@ -122,7 +122,7 @@ def test_failed_invalidation_is_retried_every_probe_interval_until_it_lands(app,
 def test_admin_invalidate_and_clear_work_while_the_breaker_is_closed_again(app, client, raw, settings):
     """The admin routes answer 503 only while this process knows Redis is down."""
     admin = create_user(app, "root", admin=True)
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     dc.breaker.trip(redis.ConnectionError("a moment ago"))
     assert wait_until(lambda: dc.breaker.allow())  # Redis is fine: the probe closes it at once
     raw.set(lock_key(settings["CACHE_KEY_PREFIX"], "device:x|y"), "token")

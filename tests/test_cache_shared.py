@@ -25,8 +25,8 @@ def device_url(device_id: str, device_name: str) -> str:
 def flushed_counters(*apps) -> dict:
     """The counters in Redis once every replica has sent its buffer."""
     for app in apps:
-        app.extensions["device_cache"].flush()
-    return apps[0].extensions["device_cache"].counters()
+        app.extensions["shared_cache"].flush()
+    return apps[0].extensions["shared_cache"].counters()
 
 
 def cmdstats(nodes: list[redis.Redis]) -> dict[str, int]:
@@ -46,7 +46,7 @@ def test_second_replica_hits_cache_filled_by_first(replicas, raw, settings):
     first = a.test_client().get(device_url("dev-1", "green house"))
     assert first.status_code == 200
     assert raw.exists(settings["CACHE_KEY_PREFIX"] + "device:dev-1|green house")
-    b.extensions["device_cache"].loader = fail_if_called
+    b.extensions["shared_cache"].loader = fail_if_called
     second = b.test_client().get(device_url("dev-1", "green house"))
     assert second.status_code == 200
     assert (
@@ -80,7 +80,7 @@ def test_counters_are_summed_over_replicas_and_visible_within_two_seconds(replic
     # No explicit flush: the background flushers (every 0.2 s here) must get them there.
     deadline = time.monotonic() + 2
     while True:
-        counters = a.extensions["device_cache"].counters()
+        counters = a.extensions["shared_cache"].counters()
         if counters["hits"] + counters["misses"] == 9 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -145,7 +145,7 @@ def test_unknown_pair_gets_a_short_lived_negative_entry_replaced_by_a_registrati
         "device_name": "room",
     }
     assert 0 < raw.pttl(key) <= 30_000
-    b.extensions["device_cache"].loader = fail_if_called
+    b.extensions["shared_cache"].loader = fail_if_called
     assert b.test_client().get(device_url("dev-9", "room")).status_code == 404  # a hit on the negative entry
 
     register(b.test_client(), owner, "dev-9", "room")
@@ -196,8 +196,8 @@ def test_hot_set_stays_bounded_between_warm_ups(settings, raw):
             for n in range(8):
                 for _ in range(n + 1):  # pair n is looked up n + 1 times
                     lookup_device(f"dev-{n}", "cold")
-            app.extensions["device_cache"].flush()
-        dc = app.extensions["device_cache"]
+            app.extensions["shared_cache"].flush()
+        dc = app.extensions["shared_cache"]
         hot = raw.zrevrange(dc.meta + "hot:device", 0, -1)
         assert hot == [b"device:dev-7|cold", b"device:dev-6|cold", b"device:dev-5|cold"]
     finally:
@@ -208,7 +208,7 @@ def test_forked_worker_starts_with_empty_buffers_so_nothing_is_counted_twice(app
     """gunicorn and Celery fork: a child must not resend the parent's unflushed counters."""
     import os
 
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     with app.app_context():
         lookup_device("dev-x", "fork")  # parent: one miss and one load, still buffered
     pid = os.fork()

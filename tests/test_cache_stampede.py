@@ -19,11 +19,11 @@ class CountingLoader:
     """Counts real MongoDB loads; a short pause widens the window the stampede would need."""
 
     def __init__(self, app, pause: float = 0.05):
-        self.real = app.extensions["device_cache"].loader
+        self.real = app.extensions["shared_cache"].loader
         self.pause = pause
         self.calls = 0
         self._lock = threading.Lock()
-        app.extensions["device_cache"].loader = self
+        app.extensions["shared_cache"].loader = self
 
     def __call__(self, device_id: str, device_name: str) -> dict:
         with self._lock:
@@ -57,8 +57,8 @@ def test_hundred_concurrent_cold_lookups_over_two_replicas_load_at_most_twice(re
     assert all(body["chain"] == ["dev-1"] for _, body in results)
     assert sum(loader.calls for loader in loaders) <= 2
     for app in replicas:
-        app.extensions["device_cache"].flush()
-    counters = a.extensions["device_cache"].counters()
+        app.extensions["shared_cache"].flush()
+    counters = a.extensions["shared_cache"].counters()
     assert counters["hits"] + counters["misses"] == 100
     assert 1 <= counters["loads"] <= 2 and counters["errors"] == 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from app.cache.service import collect_snapshot
+from app.cache.admin import collect_snapshot
 from tests.browser import CHROMIUM, chromium, new_page
 from tests.conftest import bearer, create_user, register
 from tests.helpers import assert_error
@@ -78,7 +78,7 @@ def seed_history(app: Flask, client, snapshots: int) -> None:
             for j in range(i + 1):  # more devices and more hits each round
                 for _ in range(3):
                     assert client.get(f"/api/v1/devices/dev-{j}/room").status_code == 200
-            collect_snapshot(app.extensions["device_cache"], app.config["STATS_HISTORY_SIZE"])
+            collect_snapshot(app.extensions["shared_cache"], app.config["STATS_HISTORY_SIZE"])
             time.sleep(0.3)
 
 

@@ -89,7 +89,7 @@ def test_a_drop_no_replica_acknowledges_stays_pending_and_redis_unread_until_one
     register(client, owner, "dev-1", "room")
     assert chain(app, "dev-1") == ["dev-1"]
     entry = settings["CACHE_KEY_PREFIX"] + "device:dev-1|room"
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     replica = redis_alive.replica_of(entry)
     replica.pause()
     try:
@@ -155,7 +155,7 @@ def test_failover_under_load_costs_no_error_and_hits_resume_within_seconds(repli
     owner = create_user(a, "owner")
     devices = {f"d{i}": register(a.test_client(), owner, f"d{i}", f"room {i}") for i in range(8)}
     expected = {device_id: [device_id] for device_id in devices}
-    caches = [app.extensions["device_cache"] for app in replicas]
+    caches = [app.extensions["shared_cache"] for app in replicas]
     for dc in caches:
         dc.flush()
     before = caches[0].counters()
@@ -212,7 +212,7 @@ def test_the_near_cache_follows_a_failover_and_stays_coherent(replicas, redis_al
     owner = create_user(a, "owner")
     register(a.test_client(), owner, "dev-1", "room")
     entry = settings["CACHE_KEY_PREFIX"] + "device:dev-1|room"
-    near = b.extensions["device_cache"].near
+    near = b.extensions["shared_cache"].near
     assert chain(b, "dev-1") == chain(b, "dev-1") == ["dev-1"] and entry in near._entries
     try:
         redis_alive.fail_primary(entry)
@@ -222,7 +222,7 @@ def test_the_near_cache_follows_a_failover_and_stays_coherent(replicas, redis_al
         redis_alive.settle()
 
         def subscribed_to_the_new_primaries() -> bool:
-            dc = b.extensions["device_cache"]
+            dc = b.extensions["shared_cache"]
             chain(b, "dev-1")  # traffic: the data path learns the new topology too
             names = dc.topology.primary_names(dc.client)
             return near.serving and sorted(listener.name for listener in near._listeners) == sorted(names)

@@ -71,7 +71,7 @@ def test_the_request_log_fields_carry_the_device_caches_answer(app, client):
     assert fields(hit)["cache"] == "hit"
     assert fields(hit)["route"] == "/api/v1/devices/<device_id>/<device_name>"
     assert fields(hit)["request_id"] == hit.headers[REQUEST_ID_HEADER]
-    app.extensions["device_cache"].breaker.trip(redis.ConnectionError("test"))
+    app.extensions["shared_cache"].breaker.trip(redis.ConnectionError("test"))
     assert fields(client.get("/api/v1/devices/d1/room"))["cache"] == "bypass"
     assert fields(client.get("/health/live"))["cache"] is None  # no lookup in that request
 

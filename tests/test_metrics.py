@@ -15,7 +15,7 @@ import redis
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.cache.service import collect_snapshot
+from app.cache.admin import collect_snapshot
 from app.timeutil import parse_iso
 from devstack.processes import ROOT
 from tests.conftest import bearer, create_user, register
@@ -163,8 +163,8 @@ def test_cache_metrics_follow_hits_misses_loads_invalidations_and_the_breaker(ap
     register(client, owner, "d2", "room")  # the chain of "room" changed: both pairs invalidated
     assert value("opensensor_cache_invalidations_total") == before["invalidations"] + 2
 
-    breaker = app.extensions["device_cache"].breaker
-    app.extensions["device_cache"].probe = lambda: False  # Redis is fine: keep the probe from closing it
+    breaker = app.extensions["shared_cache"].breaker
+    app.extensions["shared_cache"].probe = lambda: False  # Redis is fine: keep the probe from closing it
     breaker.trip(redis.ConnectionError("test"))
     assert value("opensensor_cache_breaker_open") == 1
     breaker.close()
@@ -231,7 +231,7 @@ def test_stats_collector_heartbeat_is_exported_for_the_silent_collector_alert(ma
     client = app.test_client()
     if collector_ran:
         with app.app_context():
-            snapshot = collect_snapshot(app.extensions["device_cache"], 10)
+            snapshot = collect_snapshot(app.extensions["shared_cache"], 10)
     text = client.get("/metrics").get_data(as_text=True)
     assert total(text, "opensensor_stats_interval_seconds") == 7
     heartbeat = [

@@ -32,7 +32,7 @@ def entry(app, device_id: str = "dev-1", device_name: str = "room") -> str:
 
 
 def in_l1(app, key: str) -> bool:
-    near = app.extensions["device_cache"].near
+    near = app.extensions["shared_cache"].near
     near.get(key)  # applies what has arrived
     return key in near._entries
 
@@ -63,7 +63,7 @@ def test_an_l1_hit_sends_no_command_to_redis(settings, redis_alive):
         delta = {name: n - before.get(name, 0) for name, n in after.items() if n != before.get(name, 0)}
         # Only the heartbeat's PINGs (and this count's own INFO) reach Redis.
         assert set(delta) <= {"cmdstat_ping", "cmdstat_info", "cmdstat_cluster|info"}, delta
-        assert app.extensions["device_cache"].pending_counts()["l1_hits"] == 5
+        assert app.extensions["shared_cache"].pending_counts()["l1_hits"] == 5
     finally:
         stop_app(app)
 
@@ -89,8 +89,8 @@ def test_a_fill_racing_an_invalidation_keeps_nothing_in_l1(replicas, monkeypatch
     owner = create_user(a, "owner")
     register(a.test_client(), owner, "dev-1", "room")
     assert chain(a, "dev-1") == ["dev-1"]  # in Redis
-    dc = b.extensions["device_cache"]
-    real_read = dc._read
+    dc = b.extensions["shared_cache"]
+    real_read = dc.lookups._read
 
     def read_then_invalidated_elsewhere(key):
         raw = real_read(key)  # the old value, read before the invalidation
@@ -98,7 +98,7 @@ def test_a_fill_racing_an_invalidation_keeps_nothing_in_l1(replicas, monkeypatch
         time.sleep(0.05)  # its tracking message has reached b by now
         return raw
 
-    monkeypatch.setattr(dc, "_read", read_then_invalidated_elsewhere)
+    monkeypatch.setattr(dc.lookups, "_read", read_then_invalidated_elsewhere)
     assert chain(b, "dev-1") == ["dev-1"]  # what it read, before the invalidation it raced
     monkeypatch.undo()
     assert not in_l1(b, entry(b))
@@ -114,7 +114,7 @@ def test_flushdb_empties_every_processes_l1(replicas, raw):
     raw.flushdb()  # the tests' own redis-server
     for app in replicas:
         assert wait_until(lambda app=app: not in_l1(app, entry(app)), 2)
-        assert len(app.extensions["device_cache"].near) == 0
+        assert len(app.extensions["shared_cache"].near) == 0
 
 
 @pytest.mark.parametrize("outage", ["pause", "kill"])
@@ -124,7 +124,7 @@ def test_l1_is_emptied_and_bypassed_while_redis_is_down_and_serves_again_once_su
     near_ready(app)
     register(client, create_user(app, "owner"), "dev-1", "room")
     assert chain(app) == chain(app) == ["dev-1"]
-    near = app.extensions["device_cache"].near
+    near = app.extensions["shared_cache"].near
     assert in_l1(app, entry(app))
     getattr(redis_alive, outage)()
     try:
@@ -144,7 +144,7 @@ def test_a_forked_process_opens_its_own_tracking_connection(app, client):
     near_ready(app)
     register(client, create_user(app, "owner"), "dev-1", "room")
     assert chain(app) == chain(app) == ["dev-1"]
-    near = app.extensions["device_cache"].near
+    near = app.extensions["shared_cache"].near
     pid = os.fork()
     if pid == 0:  # the child: its exit status says what it saw
         code = 1
@@ -157,7 +157,7 @@ def test_a_forked_process_opens_its_own_tracking_connection(app, client):
                     time.sleep(0.01)
                 lookup_device("dev-1", "room")  # fills the child's own L1
                 hit = lookup_device("dev-1", "room")["chain"] == ["dev-1"]
-            own = near.serving and app.extensions["device_cache"].pending_counts()["l1_hits"] >= 1
+            own = near.serving and app.extensions["shared_cache"].pending_counts()["l1_hits"] >= 1
             code = 0 if inherited and hit and own else 3
         finally:
             os._exit(code)

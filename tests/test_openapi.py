@@ -19,7 +19,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from werkzeug.datastructures import MultiDict
 
-from app.cache.admin_schema import INVALIDATE_FIELDS, WARM_FIELDS
+from app.cache_admin.schema import INVALIDATE_FIELDS, WARM_FIELDS
 from app.compat.protocol import BLOCKS, LEGACY_TYPES, METADATA_FIELDS
 from app.compat.views import legacy_query
 from app.docs.openapi import openapi_document, static_files

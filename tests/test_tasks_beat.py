@@ -89,7 +89,7 @@ def test_scheduled_warm_up_and_stats_snapshot_happen_on_their_own(make_app, raw,
     client = app.test_client()
     register(client, create_user(app, "owner"), "d1", "room")
     assert client.get("/api/v1/devices/d1/room").status_code == 200
-    app.extensions["device_cache"].flush()
+    app.extensions["shared_cache"].flush()
     raw.delete(entry_key(app, "d1"))
     env = service_env(settings, WARM_INTERVAL=1, STATS_INTERVAL=1, LOG_LEVEL="INFO")
     options = ["--max-interval", "1", "-s", str(tmp_path / "schedule"), "-l", "info", "--pidfile", ""]

@@ -74,7 +74,7 @@ def make_hot(app: Flask, lookups: dict[str, int]) -> None:
     for device_id, times in lookups.items():
         for _ in range(times):
             assert client.get(f"/api/v1/devices/{device_id}/room").status_code == 200
-    app.extensions["device_cache"].flush()
+    app.extensions["shared_cache"].flush()
 
 
 def loads(app: Flask, client: redis.Redis) -> int:
@@ -145,7 +145,7 @@ def test_overlapping_warm_run_is_a_no_op_while_another_holds_the_lock(make_app, 
 
 def test_hotness_halves_per_half_life_and_forgets_cold_devices(make_app, raw):
     app = make_app(HOT_HALF_LIFE=10)
-    dc = app.extensions["device_cache"]
+    dc = app.extensions["shared_cache"]
     raw.zadd(hot_key(app), {"device:a|x": 8, "device:b|x": 4, "device:c|x": 0.015})
     with app.app_context():
         assert decay_hotness(dc, now=1_000.0) == 3  # the first call only starts the clock
@@ -205,7 +205,7 @@ def test_by_default_a_warm_up_refreshes_every_device_looked_up_within_a_ttl(make
     with app.app_context():
         for i in range(150):  # unknown pairs: their (negative) entries are lookups like any other
             lookup_device(f"ghost-{i}", "room")
-    app.extensions["device_cache"].flush()
+    app.extensions["shared_cache"].flush()
     for i in range(150):
         raw.delete(entry_key(app, f"ghost-{i}"))
     raw.zadd(meta_key(app.config["CACHE_KEY_PREFIX"], "seen:device"), {"device:old|room": time.time() - 61})

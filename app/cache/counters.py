@@ -101,10 +101,10 @@ class CounterBuffer:
         for key, amount in hot.items():
             args += (key, amount)
         keys = [
-            self.keys.meta + "stats:device",
-            self.keys.meta + "hot:device",
-            self.keys.meta + "seen:device",
-            f"{self.keys.meta}flushed:{self._token}",
+            self.keys.stats,
+            self.keys.hot,
+            self.keys.seen,
+            self.keys.flushed(self._token),
         ]
         [(name, (node, _))] = self.topology.by_slot(client, keys).items()  # one slot: one primary
         return self.replicas.write(name, node, lambda pipe: pipe.eval(FLUSH, len(keys), *keys, *args))[1]

@@ -4,8 +4,8 @@ It is attempted against Redis whatever the circuit breaker says (bounded by the 
 timeouts), and made durable (see ``replicas.py``). Keys that could not be dropped, or whose
 drop no replica acknowledged, stay pending: the cache's background thread retries them every
 ``CACHE_PROBE_INTERVAL``, and this process reads nothing from Redis while any are pending (it
-would read the entries it failed to drop). The remaining window is documented in
-docs/DEPLOY.md: a process cut off from Redis while others reach it.
+would read the entries it failed to drop). What keeps them beyond this process's life is the
+outbox record they came from (``outbox.py``).
 """
 
 from __future__ import annotations
@@ -49,11 +49,6 @@ class Invalidator:
             with self._lock:
                 self._pending |= failed
         return not failed
-
-    def defer(self, keys: Iterable[str]) -> None:
-        """Keys dropped on the primary but not yet on a replica (admin routes): retried like ours."""
-        with self._lock:
-            self._pending.update(keys)
 
     def retry(self) -> bool:
         """Drop the pending keys (the background thread); whether none is left."""

@@ -44,6 +44,47 @@ class KeySpace:
         adds a hash tag per primary."""
         return f"meta:{self.prefix}probe"
 
+    # Bookkeeping: beside the prefix (``/cache/clear`` keeps it), one hash tag (one Cluster slot).
+    @property
+    def stats(self) -> str:
+        return self.meta + "stats:device"
+
+    @property
+    def hot(self) -> str:
+        return self.meta + "hot:device"
+
+    @property
+    def seen(self) -> str:
+        return self.meta + "seen:device"
+
+    @property
+    def hot_decayed_at(self) -> str:
+        return self.meta + "hot:decayed_at"
+
+    @property
+    def history(self) -> str:
+        return self.meta + "stats:history"
+
+    @property
+    def collector_last_run(self) -> str:
+        return self.meta + "collector:last_run"
+
+    @property
+    def warmer_last_run(self) -> str:
+        return self.meta + "warmer:last_run"
+
+    @property
+    def warm_lock(self) -> str:
+        return self.meta + "lock:warm"
+
+    @property
+    def stats_lock(self) -> str:
+        return self.meta + "lock:stats"
+
+    def flushed(self, token: str) -> str:
+        """The last counter batch a process sent (its token: one per process)."""
+        return f"{self.meta}flushed:{token}"
+
     def value(self, key: str) -> str:
         return self.prefix + key
 

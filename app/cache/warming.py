@@ -13,9 +13,9 @@ from typing import Any
 
 from flask import current_app
 
-from app.cache.device_cache import DeviceCache
 from app.cache.keys import device_key, pair_of
 from app.cache.locks import run_lock
+from app.cache.shared import SharedCache, shared_cache
 from app.redis_topology import REDIS_ERRORS
 from app.timeutil import isoformat, utcnow_ms
 
@@ -34,15 +34,15 @@ return redis.call('ZCARD', KEYS[1])
 FORGET_BELOW = 0.01  # a score this low is a device nobody looks at any more
 
 
-def decay_hotness(dc: DeviceCache, now: float | None = None) -> int:
+def decay_hotness(dc: SharedCache, now: float | None = None) -> int:
     """Apply the decay since the last call atomically; returns how many pairs stay tracked."""
     config = current_app.config
     return int(
         dc.client.eval(
             DECAY,
             2,
-            dc.meta + "hot:device",
-            dc.meta + "hot:decayed_at",
+            dc.keys.hot,
+            dc.keys.hot_decayed_at,
             now if now is not None else time.time(),
             config["HOT_HALF_LIFE"],
             config["HOT_MAX_DEVICES"],
@@ -51,14 +51,14 @@ def decay_hotness(dc: DeviceCache, now: float | None = None) -> int:
     )
 
 
-def recently_looked_up(dc: DeviceCache, since: float, limit: int) -> list[tuple[str, str]]:
+def recently_looked_up(dc: SharedCache, since: float, limit: int) -> list[tuple[str, str]]:
     """Every pair looked up since ``since`` (Unix time), the hottest first; at most ``limit``."""
-    seen = dc.meta + "seen:device"
+    seen = dc.keys.seen
     dc.client.zremrangebyscore(seen, "-inf", f"({since}")  # forgotten: not looked up within a TTL
     keys = dc.client.zrangebyscore(seen, since, "+inf")
     if not keys:
         return []
-    scores = dc.client.zmscore(dc.meta + "hot:device", keys)
+    scores = dc.client.zmscore(dc.keys.hot, keys)
     ranked = sorted(zip(keys, scores, strict=True), key=lambda pair: -(pair[1] or 0.0))
     return [pair_of(key.decode()) for key, _ in ranked[:limit]]
 
@@ -78,12 +78,12 @@ def warm_hot_devices(limit: int | None = None) -> dict[str, Any]:
     removes the misses of those looked up at least about once per TTL plus an interval; rarer
     lookups still miss (docs/BENCHMARKS.md).
     """
-    dc: DeviceCache = current_app.extensions["device_cache"]
+    dc: SharedCache = shared_cache()
     config = current_app.config
     limit = limit or config.get("WARM_TOP_N")
     result: dict[str, Any] = {"warmed": 0, "skipped": 0, "errors": 0}
     try:
-        with run_lock(dc.client, dc.meta + "lock:warm", config["TASK_TIME_LIMIT"] * 1000) as held:
+        with run_lock(dc.client, dc.keys.warm_lock, config["TASK_TIME_LIMIT"] * 1000) as held:
             if not held:
                 return {**result, "overlap": True}
             decay_hotness(dc)
@@ -99,7 +99,7 @@ def warm_hot_devices(limit: int | None = None) -> dict[str, Any]:
             refreshed = dc.refresh(due)
             for name in result:
                 result[name] += refreshed[name]
-            dc.client.set(dc.meta + "warmer:last_run", isoformat(utcnow_ms()))
+            dc.client.set(dc.keys.warmer_last_run, isoformat(utcnow_ms()))
     except REDIS_ERRORS as exc:
         result["errors"] += 1
         result["error"] = exc.__class__.__name__

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
-
+from app.cache.shared import shared_cache
 from app.db import KEYS
 from app.extensions import mongo
 
@@ -50,15 +49,19 @@ def _resolve(device_id: str, device_name: str, docs: list[dict[str, Any]]) -> di
     }
 
 
+def chain_pairs(owner_id: str, device_name: str) -> list[tuple[str, str]]:
+    """Every pair of an owner's chain (the ids registered under one name): what a change of the
+    chain makes stale, resolved when the change's invalidation is applied."""
+    ids = mongo.db[KEYS].distinct("device_id", {"owner_id": owner_id, "device_name": device_name})
+    return [(device_id, device_name) for device_id in ids]
+
+
 def load_device(device_id: str, device_name: str) -> dict[str, Any]:
     """The uncached lookup of one pair."""
     return load_devices([(device_id, device_name)])[0]
 
 
 def lookup_device(device_id: str, device_name: str) -> dict[str, Any]:
-    """The one device lookup of a request, answered from the shared Redis cache when warm.
-
-    The cache (``app/cache/device_cache.py``) wraps ``load_device`` above; it is reached through
-    the app's extensions because it imports this module for the schema version.
-    """
-    return current_app.extensions["device_cache"].get(device_id, device_name)
+    """The one device lookup of a request, answered from the shared Redis cache when warm
+    (``app/cache/``: it wraps ``load_device`` above, given to it when the app is built)."""
+    return shared_cache().get(device_id, device_name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from app.cache.admin_schema import INVALIDATE_FIELDS, MAX_PATTERN, MAX_WARM_LIMIT
+from app.cache_admin.schema import INVALIDATE_FIELDS, MAX_PATTERN, MAX_WARM_LIMIT
 from app.openapi import BEARER, Schema, json_body, obj, ok, operation, query_param, ref
 
 COUNTER: Schema = {"type": "integer", "minimum": 0}

@@ -6,7 +6,7 @@ import pymongo
 from flask import Blueprint, jsonify
 from pymongo.errors import PyMongoError
 
-from app.cache.device_cache import device_cache
+from app.cache.shared import shared_cache
 from app.extensions import mongo
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def ready():
     except PyMongoError as exc:
         log.debug("mongo probe failed: %s", exc)
         mongo_ok = False
-    redis_ok = device_cache().ping()
+    redis_ok = shared_cache().ping()
     checks = {"mongo": "ok" if mongo_ok else "unavailable", "redis": "ok" if redis_ok else "unavailable"}
     if not mongo_ok:
         return jsonify({"status": "down", "checks": checks}), 503

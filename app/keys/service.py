@@ -1,4 +1,10 @@
-"""Create, list and delete API keys; each change invalidates the cached lookups of its chain."""
+"""Create, list and delete API keys; each change invalidates the cached lookups of its chain.
+
+Through the cache's outbox (``app/cache/outbox.py``): the invalidation is recorded in MongoDB
+before the key is, so no failure after it (MongoDB, Redis, this process killed) leaves a lookup
+cached that the change replaced. A DELETE that finds nothing (a retry) first settles what an
+earlier attempt of the owner's left.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from app.auth import KEY_PREFIX, User, hash_secret, mask, new_secret
-from app.cache.device_cache import device_cache
+from app.cache.keys import device_key
+from app.cache.shared import shared_cache
 from app.db import KEYS
 from app.errors import APIError, not_found, validation_error
 from app.extensions import mongo
@@ -46,11 +53,6 @@ def _public(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def chain_pairs(owner_id: str, device_name: str) -> list[tuple[str, str]]:
-    ids = mongo.db[KEYS].distinct("device_id", {"owner_id": owner_id, "device_name": device_name})
-    return [(device_id, device_name) for device_id in ids]
-
-
 def create_key(user: User, fields: dict[str, Any]) -> dict[str, Any]:
     key_id, secret = new_secret(KEY_PREFIX)
     doc = {
@@ -61,12 +63,13 @@ def create_key(user: User, fields: dict[str, Any]) -> dict[str, Any]:
         "key_hash": hash_secret(secret),
         "masked": mask(secret),
     }
-    try:
-        mongo.db[KEYS].insert_one(doc)
-    except DuplicateKeyError:
-        raise APIError(409, "conflict", "this device_id and device_name are already registered") from None
     # The new id joins the chain: every pair of it (and the pair's negative entry) is stale now.
-    device_cache().invalidate(chain_pairs(user.user_id, fields["device_name"]))
+    pair = device_key(fields["device_id"], fields["device_name"])
+    with shared_cache().change([pair], [(user.user_id, fields["device_name"])], scope=[_scope(user)]):
+        try:
+            mongo.db[KEYS].insert_one(doc)
+        except DuplicateKeyError:
+            raise APIError(409, "conflict", "this device_id and device_name are already registered") from None
     return {**_public(doc), "api_key": secret}
 
 
@@ -76,8 +79,17 @@ def list_keys(user: User) -> list[dict[str, Any]]:
 
 
 def delete_key(user: User, key_id: str) -> None:
-    doc = mongo.db[KEYS].find_one_and_delete({"key_id": key_id, "owner_id": user.user_id})
+    cache = shared_cache()
+    doc = mongo.db[KEYS].find_one({"key_id": key_id, "owner_id": user.user_id}, {"device_id": 1, "device_name": 1})
+    if doc is not None:
+        pair = device_key(doc["device_id"], doc["device_name"])
+        # The pair and every pair left in its chain are stale once the key is gone.
+        with cache.change([pair], [(user.user_id, doc["device_name"])], scope=[_scope(user)]):
+            doc = mongo.db[KEYS].find_one_and_delete({"key_id": key_id, "owner_id": user.user_id})
     if doc is None:
+        cache.settle(_scope(user))  # a retry: what the first attempt replaced stays replaced
         raise not_found("unknown API key")
-    stale = [(doc["device_id"], doc["device_name"]), *chain_pairs(user.user_id, doc["device_name"])]
-    device_cache().invalidate(stale)
+
+
+def _scope(user: User) -> str:
+    return f"owner/{user.user_id}"

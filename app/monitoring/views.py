@@ -11,8 +11,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from app import metrics
 from app.auth import auth_required, invalid
-from app.cache.device_cache import DeviceCache, device_cache
-from app.cache.service import collector_state
+from app.cache.admin import collector_state
+from app.cache.shared import SharedCache, shared_cache
 from app.errors import not_found
 from app.redis_topology import REDIS_ERRORS
 from app.timeutil import parse_iso
@@ -27,7 +27,7 @@ class CollectorHeartbeat:
     while Redis is unreachable (the breaker alert covers that) or before the first run.
     """
 
-    def __init__(self, dc: DeviceCache, interval: int) -> None:
+    def __init__(self, dc: SharedCache, interval: int) -> None:
         self.dc = dc
         self.interval = interval
 
@@ -68,5 +68,5 @@ def scrape() -> Response:
     if not current_app.config["METRICS_ENABLED"]:
         raise not_found("metrics are disabled (METRICS_ENABLED=false)")
     require_metrics_token()
-    heartbeat = CollectorHeartbeat(device_cache(), current_app.config["STATS_INTERVAL"])
+    heartbeat = CollectorHeartbeat(shared_cache(), current_app.config["STATS_INTERVAL"])
     return Response(metrics.exposition([heartbeat]), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -37,13 +37,9 @@ def create_user(name: str, admin: bool) -> None:
     click.echo(json.dumps({**asdict(user), "token": token}))
 
 
-WAIT_OPTION = click.option(
-    "--wait",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0.1, 600),
-    help="Seconds to keep trying to drop the cached token when Redis does not answer.",
-)
+# Before the outbox, the seconds to keep trying Redis; accepted still (scripts pass it), not needed:
+# a change that cannot reach Redis is applied by every other process before it reads the cache.
+WAIT_OPTION = click.option("--wait", type=click.FloatRange(0.1, 600), hidden=True)
 
 
 @users.command("rotate-token")
@@ -51,12 +47,12 @@ WAIT_OPTION = click.option(
 @WAIT_OPTION
 @with_appcontext
 @fails_in_one_line(UserError)
-def rotate_token_command(name: str, wait: float) -> None:
+def rotate_token_command(name: str, wait: float | None) -> None:
     """Give a user a new token; the old one is refused on every replica once this returns.
 
     The last line of output is the same JSON as ``users create`` prints, with the new token.
     """
-    user, token = rotate_token(name, wait)
+    user, token = rotate_token(name)
     click.echo(json.dumps({**asdict(user), "token": token}))
 
 
@@ -66,11 +62,11 @@ def rotate_token_command(name: str, wait: float) -> None:
 @WAIT_OPTION
 @with_appcontext
 @fails_in_one_line(UserError)
-def delete_user_command(name: str, delete_keys: bool, wait: float) -> None:
+def delete_user_command(name: str, delete_keys: bool, wait: float | None) -> None:
     """Delete a user; its token is refused on every replica once this returns.
 
     A user who still owns device keys is kept, unless ``--delete-keys`` deletes those too
     (their readings stay in MongoDB, but nobody can read them any more).
     """
-    user, keys_deleted = delete_user(name, delete_keys, wait)
+    user, keys_deleted = delete_user(name, delete_keys)
     click.echo(json.dumps({"user_id": user.user_id, "name": user.name, "deleted": True, "keys_deleted": keys_deleted}))

@@ -6,6 +6,7 @@ so a second run adds nothing; the readings are ``readings.py``'s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any, TextIO
@@ -15,14 +16,15 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from app.auth import KEY_PREFIX, TOKEN_PREFIX, hash_secret, new_secret
-from app.cache.device_cache import device_cache
+from app.cache.shared import shared_cache
 from app.compat.importer.lease import Lease
 from app.compat.importer.plan import KeyPlan, Pair, Plan, mask_foreign, plan_import
 from app.compat.importer.readings import ReadingsImport
 from app.compat.importer.report import Report
 from app.db import IMPORTS, KEYS, USERS
-from app.keys.service import chain_pairs
 from app.timeutil import utcnow_ms
+
+CHAINS_PER_RECORD = 500  # chains one outbox record names (one MongoDB query each when applied)
 
 
 class Importer:
@@ -115,10 +117,21 @@ class Importer:
     # -- keys ------------------------------------------------------------------------------
 
     def import_keys(self, plan: Plan, user_ids: dict[str, str]) -> dict[Pair, str]:
-        """Write the key records; return pair -> our owner id for every pair whose readings may come in."""
+        """Write the key records; return pair -> our owner id for every pair whose readings may come in.
+
+        New ids join chains: the lookups of every chain the plan may touch are stale, recorded in
+        the cache's outbox before the first write (500 chains a record) and dropped after the last.
+        """
+        chains = sorted({(user_ids[item.owner], item.pair[1]) for item in plan.keys if item.owner in user_ids})
+        with contextlib.ExitStack() as changes:
+            if not self.dry_run:
+                for start in range(0, len(chains), CHAINS_PER_RECORD):
+                    changes.enter_context(shared_cache().change(chains=chains[start : start + CHAINS_PER_RECORD]))
+            return self._import_keys(plan, user_ids)
+
+    def _import_keys(self, plan: Plan, user_ids: dict[str, str]) -> dict[Pair, str]:
         keys = self.target[KEYS]
         owners: dict[Pair, str] = {}
-        touched: set[tuple[str, str]] = set()  # (owner, device_name): chains whose lookups change
         for item in plan.keys:
             owner = user_ids.get(item.owner)
             if owner is None:
@@ -146,19 +159,11 @@ class Importer:
                 if not self.dry_run:
                     new = {"key_hash": key_hash, "masked": mask_foreign(item.key)}
                     keys.update_one({"key_id": taken["key_id"]}, {"$set": new})
-                    touched.add((owner, item.pair[1]))
                 continue
             if taken is None and self._insert_key(item, owner, key_hash, plan):
                 owners[item.pair] = owner
-                if not self.dry_run:
-                    touched.add((owner, item.pair[1]))
             elif taken is not None:
                 self._registered_here_already(item.pair, plan)
-        if touched:
-            # New ids join chains: every pair of those chains (and any negative entry) is stale now.
-            pairs = [pair for owner, name in sorted(touched) for pair in chain_pairs(owner, name)]
-            for start in range(0, len(pairs), 500):
-                device_cache().invalidate(pairs[start : start + 500])
         return owners
 
     def _insert_key(self, item: KeyPlan, owner: str, key_hash: str, plan: Plan) -> bool:

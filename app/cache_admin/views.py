@@ -6,9 +6,9 @@ from flask import Blueprint, current_app, jsonify, request
 from kombu.exceptions import OperationalError
 
 from app.auth import require_admin
-from app.cache.admin_schema import INVALIDATE_FIELDS, MAX_PATTERN, MAX_WARM_LIMIT, WARM_FIELDS
-from app.cache.device_cache import device_cache
-from app.cache.service import cache_unavailable, delete_matching, history, stats
+from app.cache.admin import cache_unavailable, delete_matching, history, stats
+from app.cache.shared import shared_cache
+from app.cache_admin.schema import INVALIDATE_FIELDS, MAX_PATTERN, MAX_WARM_LIMIT, WARM_FIELDS
 from app.errors import validation_error
 from app.validation import is_int, json_object, reject_unknown
 
@@ -22,7 +22,7 @@ def admins_only() -> None:
 
 @bp.get("/stats")
 def show_stats():
-    return jsonify(stats(device_cache(), current_app.config["STATS_INTERVAL"]))
+    return jsonify(stats(shared_cache(), current_app.config["STATS_INTERVAL"]))
 
 
 @bp.get("/stats/history")
@@ -31,7 +31,7 @@ def show_history():
     raw = request.args.get("limit", str(min(60, size)))
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= size:
         raise validation_error(f"limit must be a whole number from 1 to {size}", field="limit")
-    return jsonify({"snapshots": history(device_cache(), int(raw))})
+    return jsonify({"snapshots": history(shared_cache(), int(raw))})
 
 
 @bp.post("/warm")
@@ -52,7 +52,7 @@ def warm():
 @bp.post("/clear")
 def clear():
     json_object(optional=True)  # no body, or any JSON object
-    return jsonify({"deleted": delete_matching(device_cache(), "*")})
+    return jsonify({"deleted": delete_matching(shared_cache(), "*")})
 
 
 @bp.post("/invalidate")
@@ -65,4 +65,4 @@ def invalidate():
             f"pattern must be a non-empty glob of at most {MAX_PATTERN} characters, relative to the prefix",
             field="pattern",
         )
-    return jsonify({"deleted": delete_matching(device_cache(), pattern), "pattern": pattern})
+    return jsonify({"deleted": delete_matching(shared_cache(), pattern), "pattern": pattern})

@@ -13,7 +13,8 @@ from typing import Any
 
 from redis import Redis
 
-from app.cache.device_cache import USER, DeviceCache
+from app.cache.outbox import Record
+from app.cache.shared import USER, SharedCache
 from app.errors import APIError
 from app.redis_topology import REDIS_ERRORS
 from app.timeutil import isoformat, parse_iso, utcnow_ms
@@ -30,61 +31,86 @@ def cache_unavailable() -> APIError:
     return APIError(503, "cache_unavailable", "the cache's Redis is unreachable")
 
 
-def _unlink_matching(dc: DeviceCache, name: str, node: Redis, match: str) -> int:
+def _unlink_matching(dc: SharedCache, name: str, node: Redis, match: str) -> tuple[int, bool]:
     """UNLINK what SCAN finds on one primary (one key per command: on a Cluster the keys of a
-    batch may sit in different slots). Drops that no replica acknowledged are retried by the
-    cache's background thread, like a failed invalidation."""
+    batch may sit in different slots): how many, and whether a replica acknowledged them all."""
     prefix = dc.prefix.encode()
-    deleted, batch = 0, []
+    deleted, durable, batch = 0, True, []
 
-    def unlink(keys: list[bytes]) -> int:
-        replies, durable = dc.replicas.write(name, node, lambda pipe: [pipe.unlink(key) for key in keys])
-        if not durable:
-            dc.invalidator.defer(key.decode() for key in keys)
-        return sum(replies)
+    def unlink(keys: list[bytes]) -> None:
+        nonlocal deleted, durable
+        replies, acknowledged = dc.replicas.write(name, node, lambda pipe: [pipe.unlink(key) for key in keys])
+        deleted += sum(replies)
+        durable = durable and acknowledged
 
     for key in node.scan_iter(match=match, count=SCAN_COUNT):
         if key.startswith(prefix):  # the glob can never reach outside the prefix
             batch.append(key)
         if len(batch) >= UNLINK_BATCH:
-            deleted += unlink(batch)
+            unlink(batch)
             batch = []
     if batch:
-        deleted += unlink(batch)
-    return deleted
+        unlink(batch)
+    return deleted, durable
 
 
-def available(dc: DeviceCache) -> None:
+def _drop(dc: SharedCache, pattern: str) -> tuple[int, bool]:
+    """UNLINK every key under the prefix that matches the glob, on every primary."""
+    deleted, durable = 0, True
+    for name, node in dc.topology.primaries(dc.admin_client()):
+        # Locks first: in-flight fills of those keys lose their token, so they cannot write back
+        # behind the value pass (the other order lets a fill finishing in between survive).
+        # The count is of keys removed, fill locks included (so clear's is every key under the prefix).
+        for match in (dc.keys.lock_glob(pattern), dc.keys.value(pattern)):
+            count, acknowledged = _unlink_matching(dc, name, node, match)
+            deleted, durable = deleted + count, durable and acknowledged
+    return deleted, durable
+
+
+def drop_glob(dc: SharedCache, pattern: str) -> bool:
+    """Apply an outbox record's glob (another process's ``/cache/invalidate``): whether durably."""
+    try:
+        return _drop(dc, pattern)[1]
+    except REDIS_ERRORS as exc:
+        failed(dc, exc)
+        return False
+
+
+def available(dc: SharedCache) -> None:
     """503 at once while this process knows Redis is down (its breaker is open): an admin call
     would only wait out its timeouts on every node."""
     if not dc.breaker.allow():
         raise cache_unavailable()
 
 
-def failed(dc: DeviceCache, exc: BaseException) -> None:
+def failed(dc: SharedCache, exc: BaseException) -> None:
     """An admin call that found Redis down opens the breaker at once (it waited seconds for it)."""
     log.warning("cache admin operation failed: %s", exc)
     dc.admin_failed(exc)
 
 
-def delete_matching(dc: DeviceCache, pattern: str) -> int:
-    """UNLINK every key under the prefix that matches the glob, on every primary; how many."""
+def delete_matching(dc: SharedCache, pattern: str) -> int:
+    """UNLINK every key under the prefix that matches the glob, on every primary; how many.
+
+    Recorded in the outbox first, like any change: if a primary fails or no replica acknowledges,
+    the record is held and every other process applies it before it reads the cache again."""
     available(dc)
+    record = dc.outbox.open(Record(globs=[pattern], scope=["admin"]))
+    dc.near.clear()
     try:
-        deleted = 0
-        for name, node in dc.topology.primaries(dc.admin_client()):
-            # Locks first: in-flight fills of those keys lose their token, so they cannot write back
-            # behind the value pass (the other order lets a fill finishing in between survive).
-            # The count is of keys removed, fill locks included (so clear's is every key under the prefix).
-            deleted += _unlink_matching(dc, name, node, dc.keys.lock_glob(pattern))
-            deleted += _unlink_matching(dc, name, node, dc.keys.value(pattern))
+        deleted, durable = _drop(dc, pattern)
     except REDIS_ERRORS as exc:
         failed(dc, exc)
+        dc.outbox.hold(record)
         raise cache_unavailable() from None
+    if durable:
+        dc.outbox.applied(record)
+    else:
+        dc.outbox.hold(record)
     return deleted
 
 
-def count_keys(dc: DeviceCache, client: Any) -> int | None:
+def count_keys(dc: SharedCache, client: Any) -> int | None:
     """Keys under the prefix over every primary; None past ``MAX_COUNT_SCANS`` on one of them."""
     total = 0
     for _, node in dc.topology.primaries(client):
@@ -109,7 +135,7 @@ def human_bytes(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-def redis_info(dc: DeviceCache, client: Any) -> dict[str, Any]:
+def redis_info(dc: SharedCache, client: Any) -> dict[str, Any]:
     """Redis's own figures: of the one primary, or on a Cluster summed over the primaries
     (``figures`` says so) with each primary's beside them in ``nodes``."""
     infos = [(name, node.info()) for name, node in dc.topology.primaries(client)]
@@ -140,7 +166,7 @@ def redis_info(dc: DeviceCache, client: Any) -> dict[str, Any]:
     }
 
 
-def stats(dc: DeviceCache, stats_interval: int) -> dict[str, Any]:
+def stats(dc: SharedCache, stats_interval: int) -> dict[str, Any]:
     """Our counters (summed over every process) beside Redis's own; answers whatever Redis's state."""
     client = dc.admin_client()
     body: dict[str, Any] = {
@@ -174,9 +200,9 @@ def stats(dc: DeviceCache, stats_interval: int) -> dict[str, Any]:
     return body
 
 
-def collector_state(dc: DeviceCache, client: Any, stats_interval: int) -> dict[str, Any]:
+def collector_state(dc: SharedCache, client: Any, stats_interval: int) -> dict[str, Any]:
     """When the stats task last ran; ``stale`` when beat (or every worker) seems dead."""
-    last_run, warmed = client.mget(dc.meta + "collector:last_run", dc.meta + "warmer:last_run")
+    last_run, warmed = client.mget(dc.keys.collector_last_run, dc.keys.warmer_last_run)
     state: dict[str, Any] = {"last_run": last_run.decode() if last_run else None, "stale": True}
     if last_run:
         age = (utcnow_ms() - parse_iso(state["last_run"])).total_seconds()
@@ -185,7 +211,7 @@ def collector_state(dc: DeviceCache, client: Any, stats_interval: int) -> dict[s
     return state
 
 
-def collect_snapshot(dc: DeviceCache, history_size: int) -> dict[str, Any]:
+def collect_snapshot(dc: SharedCache, history_size: int) -> dict[str, Any]:
     """Append one snapshot of the counters, key count and Redis's memory to the capped history."""
     client = dc.admin_client()
     dc.flush()
@@ -202,7 +228,7 @@ def collect_snapshot(dc: DeviceCache, history_size: int) -> dict[str, Any]:
         "used_memory": info["used_memory"],
         **{field: info[field] for field in INFO_FIELDS},
     }
-    history_key, last_run_key = dc.meta + "stats:history", dc.meta + "collector:last_run"
+    history_key, last_run_key = dc.keys.history, dc.keys.collector_last_run
     [(_, (node, _))] = dc.topology.by_slot(client, [history_key, last_run_key]).items()  # one slot
     pipe = node.pipeline(transaction=True)
     pipe.rpush(history_key, json.dumps(snapshot))
@@ -212,10 +238,10 @@ def collect_snapshot(dc: DeviceCache, history_size: int) -> dict[str, Any]:
     return snapshot
 
 
-def history(dc: DeviceCache, limit: int) -> list[dict[str, Any]]:
+def history(dc: SharedCache, limit: int) -> list[dict[str, Any]]:
     available(dc)
     try:
-        raw = dc.admin_client().lrange(dc.meta + "stats:history", -limit, -1)
+        raw = dc.admin_client().lrange(dc.keys.history, -limit, -1)
     except REDIS_ERRORS as exc:
         failed(dc, exc)
         raise cache_unavailable() from None

@@ -1,0 +1,189 @@
+"""Invalidations that outlive their process: an outbox in MongoDB, written before the change.
+
+A change (a key created or deleted, a token rotated, a user deleted, the import, ``/cache/clear``
+and ``/cache/invalidate``) first inserts a record of what it makes stale into ``cache_outbox``:
+keys, chains (``owner``, ``device_name``: resolved to their pairs when applied, so a pair that
+joins the chain meanwhile is dropped too), globs, and scopes a retry can settle. Then:
+
+1. the change itself, in MongoDB;
+2. the maker applies the record (UNLINK, acknowledged by a replica where one exists: see
+   ``replicas.py``) and queues it for removal (one ``delete_many`` per background round);
+3. if that failed (Redis paused, failing over, unreachable from this process), the maker marks
+   the record *held* and answers only after ``CACHE_LEASE`` seconds.
+
+Every process polls the outbox every ``OUTBOX_POLL_INTERVAL`` seconds, applies the held records
+and those older than ``takeover`` (their maker died mid-change), removes those it applied, and
+only then renews its **lease**: a process serves from Redis or its near cache only while its
+last complete poll started less than ``CACHE_LEASE`` seconds ago. So once a change has answered,
+every process has either applied its record or stopped reading the cache: a process killed
+right after its response, or cut off from Redis, leaves its invalidation to the others. While
+MongoDB is unreachable no process can renew its lease, so lookups go to MongoDB (503 while it
+is down) instead of a cache nobody can keep coherent.
+
+``takeover`` is the longest a live maker's change can take (twice ``MONGO_TIMEOUT_MS``, pymongo's
+socket timeout, plus a second): a record that old is no longer in progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import pymongo
+from bson import ObjectId
+from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
+
+from app.timeutil import utcnow_ms
+
+if TYPE_CHECKING:
+    from app.cache.shared import SharedCache
+
+log = logging.getLogger("app.cache")
+
+POLL_LIMIT = 100  # records applied per round (more wait for the next: the lease is not renewed)
+
+
+@dataclass
+class Record:
+    """What a change makes stale (keys relative to the prefix, chains, globs), and its scopes."""
+
+    keys: list[str] = field(default_factory=list)
+    chains: list[tuple[str, str]] = field(default_factory=list)
+    globs: list[str] = field(default_factory=list)
+    scope: list[str] = field(default_factory=list)
+    id: ObjectId = field(default_factory=ObjectId)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "_id": self.id,
+            "keys": self.keys,
+            "chains": [list(chain) for chain in self.chains],
+            "globs": self.globs,
+            "scope": self.scope,
+            "at": utcnow_ms(),
+            "held": False,
+        }
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Record:
+        chains = [(owner, name) for owner, name in doc.get("chains", [])]
+        return cls(doc.get("keys", []), chains, doc.get("globs", []), doc.get("scope", []), doc["_id"])
+
+
+class Outbox:
+    def __init__(self, cache: SharedCache, config: dict[str, Any], collection: Callable[[], Collection]) -> None:
+        self.cache = cache
+        self.collection = collection
+        self.lease: float = config["CACHE_LEASE"]
+        self.poll_interval: float = config["OUTBOX_POLL_INTERVAL"]
+        self.takeover = 2 * config["MONGO_TIMEOUT_MS"] / 1000 + 1.0
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """A forked child has no lease (its first lookup polls) and removes nothing of its parent's."""
+        self.lease_until = 0.0
+        self._applied: list[ObjectId] = []
+        self._lock = threading.Lock()  # the applied ids
+        self._polling = threading.Lock()  # one poll at a time in the process
+        self._next_inline = 0.0
+
+    # -- the maker's side -----------------------------------------------------------------
+
+    def open(self, record: Record) -> Record:
+        """Record the invalidation before the change (a MongoDB error here: nothing changed)."""
+        self.collection().insert_one(record.document())
+        return record
+
+    def applied(self, record: Record) -> None:
+        """The maker applied it: removed with the next background round."""
+        with self._lock:
+            self._applied.append(record.id)
+
+    def hold(self, record: Record) -> None:
+        """The maker could not apply it: every other process must, before it reads the cache again.
+        Waits until every process has polled since, or stopped reading the cache (its lease ran out)."""
+        marked = time.monotonic()
+        try:
+            doc = {**record.document(), "held": True}
+            self.collection().replace_one({"_id": record.id}, doc, upsert=True)
+        except PyMongoError as exc:
+            # Not marked: the record, inserted before the change, is taken over once it is old enough.
+            log.warning("could not mark an invalidation held (%s): waiting for its takeover", exc)
+            marked += self.takeover
+        time.sleep(max(0.0, marked + self.lease - time.monotonic()))
+
+    def settle(self, scopes: Iterable[str]) -> None:
+        """Apply every record of these scopes now (a retried change, which finds nothing left to
+        change, must still leave nothing behind that the first attempt replaced)."""
+        records = [Record.from_document(doc) for doc in self.collection().find({"scope": {"$in": list(scopes)}})]
+        for record in records:
+            if self.cache.apply(record):
+                self.applied(record)
+            else:
+                self.hold(record)
+
+    # -- every process's side ---------------------------------------------------------------
+
+    def lease_valid(self) -> bool:
+        """Whether this process may read the cache: its lease is current, or renewed now (at most
+        one thread, once per poll interval: the first lookup of a process, or after an outage)."""
+        if time.monotonic() < self.lease_until:
+            return True
+        now = time.monotonic()
+        if now < self._next_inline:
+            return False
+        self._next_inline = now + self.poll_interval
+        return self.poll(blocking=False)
+
+    def poll(self, blocking: bool = True) -> bool:
+        """Apply the records others left (held, or old enough to be taken over), remove what was
+        applied, and renew the lease if nothing is left that this process could read past."""
+        if not self._polling.acquire(blocking=blocking):
+            return False
+        try:
+            return self._poll()
+        finally:
+            self._polling.release()
+
+    def _poll(self) -> bool:
+        started = time.monotonic()
+        try:
+            with pymongo.timeout(self.lease / 2):
+                since = utcnow_ms() - timedelta(seconds=self.takeover)
+                docs = list(self.collection().find({"$or": [{"held": True}, {"at": {"$lt": since}}]}).limit(POLL_LIMIT))
+        except PyMongoError as exc:
+            log.debug("outbox poll failed: %s", exc)
+            return False
+        complete = len(docs) < POLL_LIMIT
+        for doc in docs:
+            record = Record.from_document(doc)
+            if self.cache.apply(record):
+                self.applied(record)
+            elif not self.cache.invalidator.pending:
+                complete = False  # not a Redis failure (those keys stay pending): MongoDB's
+        self.remove_applied()
+        if complete:
+            self.lease_until = started + self.lease
+        return complete and time.monotonic() < self.lease_until
+
+    def remove_applied(self) -> None:
+        with self._lock:
+            ids, self._applied = self._applied, []
+        if not ids:
+            return
+        try:
+            with pymongo.timeout(self.lease / 2):
+                self.collection().delete_many({"_id": {"$in": ids}})
+        except PyMongoError:
+            with self._lock:
+                self._applied.extend(ids)  # applied already: removed next round
+
+    def pending_records(self) -> int:
+        """Records in the outbox now (tests, the CLI's report)."""
+        return self.collection().count_documents({})
