@@ -11,11 +11,7 @@ from typing import Any
 import click
 from flask import Flask, jsonify
 from pymongo.errors import (
-    ConnectionFailure,
-    ExecutionTimeout,
-    NetworkTimeout,
     PyMongoError,
-    ServerSelectionTimeoutError,
 )
 from werkzeug.exceptions import HTTPException
 
@@ -74,11 +70,10 @@ def register_error_handlers(app: Flask) -> None:
             response[0].headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
 
-    @app.errorhandler(ConnectionFailure)
-    @app.errorhandler(ServerSelectionTimeoutError)
-    @app.errorhandler(NetworkTimeout)
-    @app.errorhandler(ExecutionTimeout)
+    @app.errorhandler(PyMongoError)
     def handle_db_down(exc: Exception):
+        # Unreachable, timed out, or a command failed on the server (a failing node, a fail point):
+        # whatever the change did is recorded (the cache's outbox), so the client may retry.
         log.warning("MongoDB unavailable: %s", exc.__class__.__name__)
         return error_response(503, "db_unavailable", "the database is unavailable, retry shortly")
 

@@ -86,7 +86,7 @@ def reset(app, broker_url: str) -> None:
     dc = app.extensions["shared_cache"]
     dc.flush()
     client = dc.admin_client()
-    for pattern in (dc.prefix + "*", dc.meta + "*"):
+    for pattern in (dc.prefix + "*", dc.keys.meta + "*"):
         for key in client.scan_iter(match=pattern, count=1000):
             client.unlink(key)
     broker = redis.Redis.from_url(broker_url)

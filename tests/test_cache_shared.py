@@ -198,7 +198,7 @@ def test_hot_set_stays_bounded_between_warm_ups(settings, raw):
                     lookup_device(f"dev-{n}", "cold")
             app.extensions["shared_cache"].flush()
         dc = app.extensions["shared_cache"]
-        hot = raw.zrevrange(dc.meta + "hot:device", 0, -1)
+        hot = raw.zrevrange(dc.keys.hot, 0, -1)
         assert hot == [b"device:dev-7|cold", b"device:dev-6|cold", b"device:dev-5|cold"]
     finally:
         stop_app(app)

@@ -49,6 +49,7 @@ class Kind:
     name: str
     version: int
     hot: bool = False
+    keep_missing: bool = True  # cache "not found" too (a user id from a random token: no)
 
     def counter(self, event: str) -> str:
         return event if self.hot else f"{self.name}_{event}"
@@ -62,10 +63,11 @@ if value and value ~= ARGV[3] then return {1, value} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 return {0}
 """
-# Write the loaded value only if our lock token survived (no invalidation meanwhile).
+# Write the loaded value only if our lock token survived (no invalidation meanwhile); an empty
+# value only releases the lock (a miss not worth keeping).
 STORE = b"""
 if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
   redis.call('DEL', KEYS[2])
   return 1
 end
@@ -207,16 +209,18 @@ class Lookups:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         value = self._load(kind, load)
-        self._store(value_key, lock_key, token, value)
+        self._store(value_key, lock_key, token, value if value["found"] or kind.keep_missing else None)
         # Not for L1: our own write's tracking message drops the placeholder; the next read keeps it.
         return value, None
 
-    def _store(self, value_key: str, lock_key: str, token: str, value: dict[str, Any]) -> None:
-        """Store the value if our lock token survived. EVAL, not EVALSHA: one round trip even on a
-        Redis restarted since (no NOSCRIPT to fall back on), and the same on every topology."""
-        raw = self.serializer.dumps(value)
+    def _store(self, value_key: str, lock_key: str, token: str, value: dict[str, Any] | None) -> None:
+        """Store the value (None: only release the lock) if our lock token survived. EVAL, not
+        EVALSHA: one round trip even on a Redis restarted since (no NOSCRIPT to fall back on)."""
+        raw = self.serializer.dumps(value) if value is not None else b""
         try:
-            self.cache.client.eval(STORE, 2, value_key, lock_key, token, raw, self.ttl_of(value))
+            self.cache.client.eval(
+                STORE, 2, value_key, lock_key, token, raw, self.ttl if value is None else self.ttl_of(value)
+            )
         except REDIS_ERRORS as exc:
             self.cache.failed(exc)
 

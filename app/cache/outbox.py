@@ -131,25 +131,29 @@ class Outbox:
     # -- every process's side ---------------------------------------------------------------
 
     def lease_valid(self) -> bool:
-        """Whether this process may read the cache: its lease is current, or renewed now (at most
-        one thread, once per poll interval: the first lookup of a process, or after an outage)."""
+        """Whether this process may read the cache: its lease is current, or renewed now (a poll
+        in the request, at most once per poll interval: the first lookup of a process, or after
+        MongoDB came back; a poll in progress elsewhere is waited for)."""
         if time.monotonic() < self.lease_until:
             return True
         now = time.monotonic()
         if now < self._next_inline:
             return False
-        self._next_inline = now + self.poll_interval
-        return self.poll(blocking=False)
-
-    def poll(self, blocking: bool = True) -> bool:
-        """Apply the records others left (held, or old enough to be taken over), remove what was
-        applied, and renew the lease if nothing is left that this process could read past."""
-        if not self._polling.acquire(blocking=blocking):
+        if not self._polling.acquire(timeout=self.lease / 2):
             return False
         try:
+            if time.monotonic() < self.lease_until:
+                return True  # renewed by the poll we waited for
+            self._next_inline = now + self.poll_interval
             return self._poll()
         finally:
             self._polling.release()
+
+    def poll(self) -> bool:
+        """Apply the records others left (held, or old enough to be taken over), remove what was
+        applied, and renew the lease if nothing is left that this process could read past."""
+        with self._polling:
+            return self._poll()
 
     def _poll(self) -> bool:
         started = time.monotonic()

@@ -42,7 +42,9 @@ from app.cache.outbox import Outbox, Record
 from app.cache.replicas import Replicas
 from app.redis_topology import OUTAGE_ERRORS, REDIS_ERRORS, Topology, client_options
 
-USER = Kind("user", 1)  # a verified bearer token's user (``app/auth.py``)
+# A verified bearer token's user (``app/auth.py``). An unknown user id (a well-formed token made
+# up) is not kept: random ids would each cost a Redis entry.
+USER = Kind("user", 1, keep_missing=False)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,216 @@
+"""An acknowledged change is never undone (issue 14): the outbox, retries, coalescing.
+
+Written from outside the way the failures were found: two replicas sharing Redis and MongoDB,
+SecantusDB fail points for MongoDB errors mid-change, ``CLIENT PAUSE … WRITE`` and signals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from pymongo import MongoClient
+
+from app.cache.shared import shared_cache
+from app.db import OUTBOX
+from devstack.wait import wait_until
+from tests.conftest import bearer, create_user, register
+from tests.helpers import READINGS_URL, key_header, push
+
+DEVICE = "/api/v1/devices/{}/{}"
+
+
+def outbox(app) -> list[dict]:
+    with app.app_context():
+        return list(app.extensions["mongo"].db[OUTBOX].find())
+
+
+def fail_next(mongo_uri: str, command: str, times: int = 1) -> None:
+    """The next ``times`` runs of ``command`` fail on the server (a SecantusDB fail point)."""
+    client = MongoClient(mongo_uri, serverSelectionTimeoutMS=2000)
+    try:
+        client.admin.command(
+            "configureFailPoint",
+            "failCommand",
+            mode={"times": times},
+            data={"failCommands": [command], "errorCode": 1},
+        )
+    finally:
+        client.close()
+
+
+def accepted(client, key: dict, pair: tuple[str, str]) -> bool:
+    return push(client, key, *pair, {"temp": 20.0}).status_code == 201
+
+
+# -- MongoDB failing mid-change ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["distinct", "findAndModify", "delete"])
+def test_a_database_error_during_a_delete_never_leaves_the_key_working(replicas, mongo_uri, command):
+    a, b = replicas
+    owner = create_user(a, "owner")
+    register(a.test_client(), owner, "dev-0", "room")
+    key = register(a.test_client(), owner, "dev-1", "room")
+    for app in (a, b, a, b):  # cached in Redis and in both near caches
+        assert accepted(app.test_client(), key, ("dev-1", "room"))
+    fail_next(mongo_uri, command)
+    first = a.test_client().delete(f"/api/v1/api-keys/{key['key_id']}", headers=bearer(owner))
+    assert first.status_code in (204, 503), first.get_json()
+    retry = a.test_client().delete(f"/api/v1/api-keys/{key['key_id']}", headers=bearer(owner))
+    assert retry.status_code in (204, 404)
+    assert 204 in (first.status_code, retry.status_code)
+    for app in (a, b, a, b):
+        assert not accepted(app.test_client(), key, ("dev-1", "room"))
+        chain = app.test_client().get(DEVICE.format("dev-0", "room")).get_json()["chain"]
+        assert chain == ["dev-0"]
+
+
+def test_a_database_error_after_a_key_is_created_never_leaves_the_old_chain(replicas, mongo_uri):
+    a, b = replicas
+    owner = create_user(a, "owner")
+    register(a.test_client(), owner, "dev-0", "room")
+    for app in (a, b):
+        assert app.test_client().get(DEVICE.format("dev-0", "room")).get_json()["chain"] == ["dev-0"]
+    fail_next(mongo_uri, "distinct")  # resolving the chain, after the key is stored
+    created = a.test_client().post(
+        "/api/v1/api-keys", json={"device_id": "dev-1", "device_name": "room"}, headers=bearer(owner)
+    )
+    assert created.status_code == 201
+    for app in (a, b, a, b):
+        assert app.test_client().get(DEVICE.format("dev-0", "room")).get_json()["chain"] == ["dev-0", "dev-1"]
+    assert wait_until(lambda: outbox(a) == [], 5.0)
+
+
+def test_a_rerun_of_users_delete_settles_what_the_first_run_left(replicas, mongo_uri):
+    a, b = replicas
+    owner = create_user(a, "owner")
+    key = register(a.test_client(), owner, "dev-1", "room")
+    for app in (a, b):
+        assert accepted(app.test_client(), key, ("dev-1", "room"))
+        assert app.test_client().get("/api/v1/api-keys", headers=bearer(owner)).status_code == 200
+    fail_next(mongo_uri, "delete")  # the user's document stays: the command fails after its keys went
+    first = a.test_cli_runner().invoke(args=["users", "delete", "owner", "--delete-keys"])
+    rerun = a.test_cli_runner().invoke(args=["users", "delete", "owner", "--delete-keys"])
+    assert 0 in (first.exit_code, rerun.exit_code), (first.output, rerun.output)
+    for app in (a, b):
+        assert not accepted(app.test_client(), key, ("dev-1", "room"))
+        assert app.test_client().get("/api/v1/api-keys", headers=bearer(owner)).status_code == 401
+    assert wait_until(lambda: outbox(a) == [], 5.0)
+
+
+def test_a_change_mongodb_refuses_to_record_changes_nothing(app, client, owner, mongo_uri):
+    fail_next(mongo_uri, "insert")  # the outbox record, written before the key
+    response = client.post("/api/v1/api-keys", json={"device_id": "d", "device_name": "n"}, headers=bearer(owner))
+    assert response.status_code == 503
+    assert client.get("/api/v1/api-keys", headers=bearer(owner)).get_json()["keys"] == []
+
+
+# -- Redis refusing writes; the process that made the change killed ----------------------------------
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its children (a gunicorn master and its workers: an OOM kill)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in [pid, *map(int, children)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("ending", ["SIGKILL", "SIGTERM"])
+def test_a_key_deleted_while_redis_refuses_writes_stays_deleted_after_its_replica_ends(
+    app, owner, live_replica, redis_alive, ending
+):
+    a, b = live_replica(workers=1, threads=4), live_replica(workers=1, threads=4)
+    key = register(app.test_client(), owner, "dev-1", "room")
+    body = {"device_id": "dev-1", "device_name": "room", "readings": {"temp": 20.0}}
+    for replica in (a, b, a, b):
+        assert (
+            requests.post(replica.url + READINGS_URL, json=body, headers=key_header(key), timeout=5).status_code == 201
+        )
+    admin = redis_alive.raw()
+    try:
+        admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        started = time.monotonic()
+        deleted = requests.delete(f"{a.url}/api/v1/api-keys/{key['key_id']}", headers=bearer(owner), timeout=10)
+        assert deleted.status_code == 204
+        if ending == "SIGKILL":
+            kill_tree(a.proc.pid)
+        else:
+            a.proc.send_signal(signal.SIGTERM)
+        statuses = []
+        while time.monotonic() < started + 5.5:  # through the pause and 2.5 s after it
+            statuses.append(
+                requests.post(b.url + READINGS_URL, json=body, headers=key_header(key), timeout=5).status_code
+            )
+            time.sleep(0.02)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
+    assert statuses and 201 not in statuses, statuses
+
+
+# -- coalescing -----------------------------------------------------------------------------------
+
+
+def test_a_lookup_that_starts_after_a_change_never_joins_a_load_that_began_before_it(app, client, owner, monkeypatch):
+    register(client, owner, "dev-0", "room")
+    cache = app.extensions["shared_cache"]
+    monkeypatch.setattr(cache.background, "probe", lambda: False)  # the breaker stays open
+    cache.breaker.trip(redis.ConnectionError("a moment ago"))
+    real, release, loading = cache.loader, threading.Event(), threading.Event()
+    calls = []
+
+    def slow_first(device_id, device_name):
+        value = real(device_id, device_name)  # read before the change
+        calls.append(value["chain"])
+        if len(calls) == 1:
+            loading.set()
+            release.wait(5)
+        return value
+
+    monkeypatch.setattr(cache, "loader", slow_first)
+    results = {}
+
+    def look(name: str) -> None:
+        with app.test_client() as c:
+            results[name] = c.get(DEVICE.format("dev-0", "room")).get_json()["chain"]
+
+    early = threading.Thread(target=look, args=("early",))
+    early.start()
+    assert loading.wait(5)
+    register(client, owner, "dev-1", "room")  # 201 while the early load is in flight
+    late = threading.Thread(target=look, args=("late",))
+    late.start()
+    time.sleep(0.2)
+    release.set()
+    early.join(5)
+    late.join(5)
+    assert results["late"] == ["dev-0", "dev-1"], (results, calls)
+
+
+def test_an_unknown_users_token_leaves_nothing_in_redis(app, client, raw, settings):
+    before = set(raw.scan_iter(match=settings["CACHE_KEY_PREFIX"] + "*"))
+    for n in range(5):
+        token = f"ost_{n + 1:016x}_{'a' * 43}"
+        response = client.get("/api/v1/api-keys", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401
+    assert set(raw.scan_iter(match=settings["CACHE_KEY_PREFIX"] + "*")) == before
+
+
+def test_the_outbox_is_empty_once_changes_are_applied(app, client, owner):
+    for n in range(5):
+        register(client, owner, f"dev-{n}", "room")
+    assert wait_until(lambda: outbox(app) == [], 5.0)
+    with app.app_context():
+        assert shared_cache().readable()
