@@ -50,6 +50,14 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+def post_worker_init(worker: Any) -> None:
+    """In the worker, after a gevent worker patched the standard library: the cache's locks,
+    events and thread are made again (a ``--preload`` master made them unpatched)."""
+    from app.cache.shared import after_fork  # here, not at the top: see the module docstring
+
+    after_fork()
+
+
 def on_exit(server: Any) -> None:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path and os.environ.get(OWN_DIR_MARK) == path:

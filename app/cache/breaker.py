@@ -25,10 +25,13 @@ class CircuitBreaker:
     def __init__(self, threshold: int, probe_interval: float):
         self.threshold = threshold
         self.probe_interval = probe_interval
-        self._lock = threading.Lock()
+        self.after_fork()
         self._failures = 0
         self._opened_at: float | None = None
         self.on_change = lambda is_open: None  # set by the cache: wakes its background thread
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def is_open(self) -> bool:

@@ -37,6 +37,9 @@ class _Primary:
 class Replicas:
     def __init__(self, wait_ms: int) -> None:
         self.wait_ms = wait_ms
+        self.after_fork()
+
+    def after_fork(self) -> None:
         self._lock = threading.Lock()
         self._known: dict[str, _Primary] = {}
 

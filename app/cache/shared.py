@@ -92,8 +92,12 @@ class SharedCache:
         _instances.add(self)
 
     def after_fork(self) -> None:
-        """In a forked child: the buffers, locks, flights and thread are the parent's, or gone."""
-        for part in (self.counters_buffer, self.invalidator, self.near, self.lookups, self.outbox, self.background):
+        """In a forked child: the buffers, locks, flights and thread are the parent's, or gone.
+        Run again in a gunicorn worker once it is initialised (``gunicorn.conf.py``): a gevent
+        worker patches the standard library after the fork, and a lock made before that (by
+        ``--preload``) would block the whole worker when held across Redis or MongoDB I/O."""
+        parts = (self.breaker, self.replicas, self.counters_buffer, self.invalidator, self.near, self.lookups)
+        for part in (*parts, self.outbox, self.background):
             part.after_fork()
 
     # -- lookups --------------------------------------------------------------------------
@@ -266,12 +270,13 @@ class SharedCache:
 _instances: weakref.WeakSet[SharedCache] = weakref.WeakSet()
 
 
-def _reset_after_fork() -> None:
+def after_fork() -> None:
+    """Every cache of the process starts afresh: its locks, buffers and thread are made anew."""
     for instance in list(_instances):
         instance.after_fork()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+os.register_at_fork(after_in_child=after_fork)
 
 
 @atexit.register
