@@ -85,6 +85,11 @@ class KeySpace:
         """The last counter batch a process sent (its token: one per process)."""
         return f"{self.meta}flushed:{token}"
 
+    @property
+    def near_prefixes(self) -> list[str]:
+        """What the near cache may hold, and Redis tracks for it: device lookups and users."""
+        return [self.value("device:"), self.value("user:")]
+
     def value(self, key: str) -> str:
         return self.prefix + key
 

@@ -83,7 +83,7 @@ class SharedCache:
             config["L1_CACHE_TTL"],
             topology,
             self.client,
-            [self.keys.value("device:"), self.keys.value("user:")],  # what L1 may hold, and Redis tracks
+            self.keys.near_prefixes,
         )
         self.lookups = Lookups(self, config)
         self.outbox = Outbox(self, config, sources.outbox)
