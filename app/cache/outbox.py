@@ -7,7 +7,7 @@ joins the chain meanwhile is dropped too), globs, and scopes a retry can settle.
 
 1. the change itself, in MongoDB;
 2. the maker applies the record (UNLINK, acknowledged by a replica where one exists: see
-   ``replicas.py``) and queues it for removal (one ``delete_many`` per background round);
+   ``replicas.py``) and queues it for removal (one ``delete_many`` a second or so for all);
 3. if that failed (Redis paused, failing over, unreachable from this process), the maker marks
    the record *held* and answers only after ``CACHE_LEASE`` seconds.
 
@@ -88,10 +88,12 @@ class Outbox:
     def after_fork(self) -> None:
         """A forked child has no lease (its first lookup polls) and removes nothing of its parent's."""
         self.lease_until = 0.0
-        self._applied: list[ObjectId] = []
+        self._applied: list[ObjectId] = []  # to remove from the outbox
+        self._done: set[ObjectId] = set()  # applied here: not applied again while it waits for removal
         self._lock = threading.Lock()  # the applied ids
         self._polling = threading.Lock()  # one poll at a time in the process
         self._next_inline = 0.0
+        self._next_removal = 0.0
 
     # -- the maker's side -----------------------------------------------------------------
 
@@ -104,6 +106,7 @@ class Outbox:
         """The maker applied it: removed with the next background round."""
         with self._lock:
             self._applied.append(record.id)
+            self._done.add(record.id)
 
     def hold(self, record: Record) -> None:
         """The maker could not apply it: every other process must, before it reads the cache again.
@@ -136,14 +139,14 @@ class Outbox:
         MongoDB came back; a poll in progress elsewhere is waited for)."""
         if time.monotonic() < self.lease_until:
             return True
-        now = time.monotonic()
-        if now < self._next_inline:
-            return False
         if not self._polling.acquire(timeout=self.lease / 2):
             return False
         try:
-            if time.monotonic() < self.lease_until:
+            now = time.monotonic()
+            if now < self.lease_until:
                 return True  # renewed by the poll we waited for
+            if now < self._next_inline:
+                return False
             self._next_inline = now + self.poll_interval
             return self._poll()
         finally:
@@ -165,13 +168,22 @@ class Outbox:
             log.debug("outbox poll failed: %s", exc)
             return False
         complete = len(docs) < POLL_LIMIT
+        with self._lock:
+            self._done &= {doc["_id"] for doc in docs} | set(self._applied)
+            done = set(self._done)
         for doc in docs:
+            if doc["_id"] in done:
+                continue
             record = Record.from_document(doc)
             if self.cache.apply(record):
                 self.applied(record)
             elif not self.cache.invalidator.pending:
                 complete = False  # not a Redis failure (those keys stay pending): MongoDB's
-        self.remove_applied()
+        if started >= self._next_removal:
+            # Once per third of ``takeover`` (so before anyone would take them over): one delete_many
+            # for every record applied since, which keeps a change's cost near one write more.
+            self._next_removal = started + self.takeover / 3
+            self.remove_applied()
         if complete:
             self.lease_until = started + self.lease
         return complete and time.monotonic() < self.lease_until
