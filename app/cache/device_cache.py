@@ -3,7 +3,7 @@ or one Redis GET, fail-open, no stampede, every replica coherent before a respon
 
 Key names are in ``keys.py``; counters and hotness in ``counters.py``; invalidation in
 ``invalidation.py`` (made durable by ``replicas.py``); the near cache in ``near.py``; which
-Redis (standalone, Sentinel, Cluster) in ``app/redis_topology.py``. The verified bearer
+Redis (standalone, Sentinel, Cluster) in ``app/redis_topology/``. The verified bearer
 tokens' users ride on the same machinery (``user_cache.py``).
 
 One background thread per process (started by the first lookup or invalidation) does what
@@ -130,6 +130,7 @@ class DeviceCache:
         self._acquire = Script(self.client, ACQUIRE)
         self._store = Script(self.client, STORE)
         self._admin_client: Any = None
+        topology.on_switch(self._primary_switched)  # a Sentinel failover, announced by the sentinels
         self._after_fork()
         _instances.add(self)
 
@@ -404,6 +405,14 @@ class DeviceCache:
             self._background_started = True
         self._thread = threading.Thread(target=self._run_background, name="device-cache", daemon=True)
         self._thread.start()
+        self.topology.watch()
+
+    def _primary_switched(self) -> None:
+        """The pools point at the new primary already: L1 (subscribed to the old one) and the
+        replica counts are stale; pending invalidations are retried there at once."""
+        self.near.suspend("the primary switched")
+        self.replicas.forget()
+        self._wake.set()
 
     def _breaker_changed(self, is_open: bool) -> None:
         metrics.breaker_changed(is_open)
