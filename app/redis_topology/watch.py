@@ -1,24 +1,31 @@
 """The sentinels' failover announcements, followed by one daemon thread per process and master.
 
-The thread subscribes to ``+switch-master`` on one reachable sentinel (rotating through them on
-any error or a heartbeat left unanswered) and, on a switch of our master, repoints this
-process's pools at the new master and calls the registered callbacks (the cache empties its
-near cache and forgets what it knew of the old master's replicas). Whenever it (re)subscribes
-it also asks that sentinel where the master is, so a switch announced while it was not
-listening is not missed.
+The thread subscribes to ``+switch-master`` on every sentinel it reaches (one socket each, one
+``select`` over them; a sentinel that fails or leaves a heartbeat unanswered is reconnected
+every ``RETRY_INTERVAL``) and, on the first announcement of a switch of our master, repoints
+this process's pools at the new master and calls the registered callbacks (the cache empties
+its near cache and forgets what it knew of the old master's replicas). Every sentinel, not one:
+the leader of a failover announces it first, the others only once they hear of it from the
+leader (a few hundred milliseconds later), and a process listening to a late one would write to
+the old master meanwhile while others already read from the new one. Whenever a subscription
+is (re)opened, that sentinel is also asked where the master is, so a switch announced while
+nobody listened is not missed.
 
 It is started on first use, in the process that uses it: never before a fork (a forked child
 has no thread; ``os.register_at_fork`` resets the watcher, which the child starts again on its
 own first use), and so after gevent's monkey-patching, where it runs as a greenlet.
 
-Considered: redis-py's ``Sentinel`` client, which only ever asks (no subscription), and a
-``PubSub.run_in_thread``, which neither rotates sentinels nor notices a silent one.
+Considered: redis-py's ``Sentinel`` client, which only ever asks (no subscription), and
+``PubSub.run_in_thread``, one thread per sentinel that notices neither a silent sentinel nor
+the other threads' news.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import threading
 import time
 import weakref
@@ -35,10 +42,59 @@ Address = tuple[str, int]
 Repoint = Callable[[str, frozenset[Address], Address, Address], None]
 
 CHANNEL = "+switch-master"
-HEARTBEAT = 0.5  # seconds of silence before a PING on the subscription
-HEARTBEAT_DEADLINE = 2.0  # nothing heard for this long: that sentinel is left for the next
-RETRY_INTERVAL = 0.2  # seconds between two sentinels tried
+HEARTBEAT = 0.5  # seconds of silence on a subscription before a PING on it
+HEARTBEAT_DEADLINE = 2.0  # nothing heard for this long: that sentinel is reconnected
+CONNECT_TIMEOUT = 0.5  # a sentinel that does not answer its subscription within this is retried later
+RETRY_INTERVAL = 1.0  # seconds between two attempts to reach a sentinel
 REPLACED_DOUBT = 30.0  # seconds a sentinel naming a replaced master is taken to lag behind
+
+
+class _Subscription:
+    """One sentinel's ``+switch-master`` subscription."""
+
+    def __init__(self, address: Address, kwargs: dict[str, Any]) -> None:
+        self.address = address
+        self.kwargs = kwargs
+        self.client: Redis | None = None
+        self.pubsub: Any = None
+        self.retry_at = 0.0
+        self.heard = 0.0
+
+    def open(self, master: str) -> Address | None:
+        """Subscribe; where that sentinel says the master is now."""
+        host, port = self.address
+        self.client = Redis(host, port, socket_timeout=CONNECT_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT,
+                            client_name="opensensor-watch", **self.kwargs)  # fmt: skip
+        self.pubsub = self.client.pubsub()
+        self.pubsub.subscribe(CHANNEL)
+        found = self.client.sentinel_get_master_addr_by_name(master)
+        self.heard = time.monotonic()
+        return (found[0], int(found[1])) if found else None
+
+    def messages(self, now: float) -> list[Any]:
+        """What has arrived (without waiting); a PING when silent; raises when dead."""
+        received = []
+        while (message := self.pubsub.get_message(timeout=0)) is not None:
+            received.append(message)
+        if received:
+            self.heard = now
+        elif now - self.heard > HEARTBEAT_DEADLINE:
+            raise ConnectionError(f"sentinel {self.address[0]}:{self.address[1]} silent for {HEARTBEAT_DEADLINE}s")
+        elif now - self.heard > HEARTBEAT:
+            self.pubsub.ping()
+        return received
+
+    def socket(self) -> Any:
+        connection = self.pubsub.connection if self.pubsub is not None else None
+        return connection._sock if connection is not None else None
+
+    def close(self, now: float) -> None:
+        for closable in (self.pubsub, self.client):
+            if closable is not None:
+                with contextlib.suppress(Exception):
+                    closable.close()
+        self.pubsub = self.client = None
+        self.retry_at = now + RETRY_INTERVAL
 
 
 class SwitchWatcher:
@@ -77,43 +133,47 @@ class SwitchWatcher:
         self._stop.set()
 
     def _run(self) -> None:
-        turn = 0
-        while not self._stop.is_set():
-            host, port = self.sentinels[turn % len(self.sentinels)]
-            turn += 1
-            try:
-                self._follow(host, port)
-            except REDIS_ERRORS + (OSError,):
-                pass
-            except Exception:  # a bug must not end the thread: try the next sentinel
-                log.exception("following the sentinels' announcements failed")
-            self._stop.wait(RETRY_INTERVAL)
-
-    def _follow(self, host: str, port: int) -> None:
-        """Listen to one sentinel until it fails or stops answering."""
-        client = Redis(host, port, socket_timeout=HEARTBEAT_DEADLINE, socket_connect_timeout=HEARTBEAT_DEADLINE,
-                       client_name="opensensor-watch", **self.kwargs)  # fmt: skip
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        subscriptions = [_Subscription(address, self.kwargs) for address in self.sentinels]
         try:
-            pubsub.subscribe(CHANNEL)
-            found = client.sentinel_get_master_addr_by_name(self.master)
-            if found:
-                self._observe((found[0], int(found[1])))
-            heard = time.monotonic()
             while not self._stop.is_set():
-                message = pubsub.get_message(timeout=HEARTBEAT)
-                now = time.monotonic()
-                if message is not None:
-                    heard = now
-                    if message["type"] == "message":
-                        self._announced(message["data"])
-                elif now - heard > HEARTBEAT_DEADLINE:
-                    raise ConnectionError(f"sentinel {host}:{port} silent for {HEARTBEAT_DEADLINE}s")
-                elif now - heard > HEARTBEAT:
-                    pubsub.ping()
+                try:
+                    self._round(subscriptions)
+                except Exception:  # a bug must not end the thread
+                    log.exception("following the sentinels' announcements failed")
+                    self._stop.wait(RETRY_INTERVAL)
         finally:
-            pubsub.close()
-            client.close()
+            for subscription in subscriptions:
+                subscription.close(0.0)
+
+    def _round(self, subscriptions: list[_Subscription]) -> None:
+        """(Re)subscribe where due, wait for news (at most ``HEARTBEAT``), apply it."""
+        for subscription in subscriptions:
+            if subscription.pubsub is None and time.monotonic() >= subscription.retry_at:
+                try:
+                    found = subscription.open(self.master)
+                except REDIS_ERRORS + (OSError,):
+                    subscription.close(time.monotonic())
+                    continue
+                if found:
+                    self._observe(found)
+        sockets = [sock for sock in (s.socket() for s in subscriptions) if sock is not None]
+        if not sockets:
+            self._stop.wait(RETRY_INTERVAL / 4)
+            return
+        with contextlib.suppress(OSError, ValueError):  # closed under us: its read below fails
+            select.select(sockets, [], [], HEARTBEAT)
+        now = time.monotonic()
+        for subscription in subscriptions:
+            if subscription.pubsub is None:
+                continue
+            try:
+                messages = subscription.messages(now)
+            except REDIS_ERRORS + (OSError,):
+                subscription.close(now)
+                continue
+            for message in messages:
+                if message["type"] == "message":
+                    self._announced(message["data"])
 
     def _announced(self, data: bytes | str) -> None:
         """``<master> <old ip> <old port> <new ip> <new port>``."""
