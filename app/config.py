@@ -286,7 +286,7 @@ def check_topology(config: dict[str, Any]) -> None:
         config["REDIS_URL"] = DEFAULT_REDIS_URL
     topology = Topology.from_config(config)
     if "CELERY_BROKER_URL" not in config:
-        if topology.kind == "cluster":
+        if not topology.has_broker:
             raise ConfigError(
                 "REDIS_CLUSTER_NODES needs CELERY_BROKER_URL: Celery cannot use a Redis Cluster as its broker "
                 "(give a redis://, sentinel:// or amqp:// URL)"

@@ -927,5 +927,5 @@ def test_sentinel_component_points_the_app_at_a_sentinel_set_the_app_accepts(tmp
     # What the app makes of it, with a Secret holding MONGO_URI only (no REDIS_URL, as the component says).
     env = {**{k: v for k, v in data.items() if k in SETTINGS}, "MONGO_URI": CONTRACT_DEFAULTS["MONGO_URI"]}
     config = load_config(env)
-    assert Topology.from_config(config).kind == "sentinel"
+    assert Topology.from_config(config).name == "sentinel"
     assert config["CELERY_BROKER_URL"].startswith("sentinel://redis-node-0.redis-headless:26379/1;")

@@ -202,7 +202,7 @@ def test_sentinel_topology_caches_on_the_master_and_brokers_on_its_database_1(cl
     app = create_app(SENTINELS)
     try:
         dc = app.extensions["shared_cache"]
-        assert dc.topology.kind == "sentinel" and dc.backend._read_client is dc.backend._write_client
+        assert dc.topology.name == "sentinel" and dc.backend._read_client is dc.backend._write_client
         assert app.config["CELERY_BROKER_URL"] == (
             "sentinel://:s3cr%2Ft@10.0.0.1:26379/1;sentinel://:s3cr%2Ft@10.0.0.2:26380/1"
         )
@@ -219,7 +219,7 @@ def test_cluster_topology_needs_no_server_to_start_and_takes_the_given_broker(cl
     app = create_app(CLUSTER)
     try:
         assert time.monotonic() - started < 1.0  # the cluster client is built on first use
-        assert app.extensions["shared_cache"].topology.kind == "cluster"
+        assert app.extensions["shared_cache"].topology.name == "cluster"
         conf = app.extensions["celery"].conf
         assert conf.broker_url == CLUSTER["CELERY_BROKER_URL"] and conf.result_backend == "rpc://"
     finally:

@@ -150,12 +150,12 @@ def redis_info(dc: SharedCache, client: Any) -> dict[str, Any]:
         }
         for name, info in infos
     ]
-    if dc.topology.kind != "cluster":
-        return {"topology": dc.topology.kind, **{k: v for k, v in nodes[0].items() if k != "node"}}
+    if not dc.topology.sums_primaries:
+        return {"topology": dc.topology.name, **{k: v for k, v in nodes[0].items() if k != "node"}}
     policies = {node["maxmemory_policy"] for node in nodes}
     used = sum(node["used_memory"] for node in nodes)
     return {
-        "topology": "cluster",
+        "topology": dc.topology.name,
         "figures": f"summed over {len(nodes)} primaries",
         "version": min((node["version"] for node in nodes), default=None),
         "used_memory": used,

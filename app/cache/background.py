@@ -51,6 +51,7 @@ class Background:
             self.started = True
         self.thread = threading.Thread(target=self._run, name="shared-cache", daemon=True)
         self.thread.start()
+        self.cache.topology.watch()  # a Sentinel set's failover announcements (a no-op elsewhere)
 
     def _urgent(self) -> bool:
         return self.cache.breaker.is_open or self.cache.invalidator.pending

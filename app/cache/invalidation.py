@@ -42,7 +42,7 @@ class Invalidator:
         failover still sends its keys to the old one.
         """
         failed = self._apply(set(keys))
-        if failed and self.topology.kind != "standalone":
+        if failed and self.topology.may_move:
             self.topology.refresh(self.client)
             failed = self._apply(failed)
         if failed:

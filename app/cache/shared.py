@@ -89,6 +89,7 @@ class SharedCache:
         self.outbox = Outbox(self, config, sources.outbox)
         self.background = Background(self, config)
         self._admin_client: Any = None
+        topology.on_switch(self._primary_switched)  # a Sentinel failover, announced by the sentinels
         _instances.add(self)
 
     def after_fork(self) -> None:
@@ -219,6 +220,13 @@ class SharedCache:
         looked_up = values["hits"] + values["misses"]
         values["hit_ratio"] = values["hits"] / looked_up if looked_up else None
         return values
+
+    def _primary_switched(self) -> None:
+        """The pools point at the new primary already: L1 (subscribed to the old one) and the
+        replica counts are stale; pending invalidations are retried there at once."""
+        self.near.suspend("the primary switched")
+        self.replicas.forget()
+        self.background.wake.set()
 
     def _breaker_changed(self, is_open: bool) -> None:
         metrics.breaker_changed(is_open)
