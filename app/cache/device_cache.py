@@ -125,6 +125,7 @@ class DeviceCache:
             topology,
             self.client,
             [self.keys.value("device:"), self.keys.value("user:")],  # what L1 may hold, and Redis tracks
+            max_bytes=config["L1_CACHE_MAX_BYTES"],
         )
         # Scripts from bytes: hashing them needs no client (a Cluster's is built on first use).
         self._acquire = Script(self.client, ACQUIRE)
