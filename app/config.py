@@ -212,6 +212,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("CACHE_BREAKER_THRESHOLD", "3", int, gt=0),
         Setting("CACHE_PROBE_INTERVAL", "0.1", float, gt=0),
         Setting("L1_CACHE_SIZE", "10000", int, ge=0),
+        Setting("L1_CACHE_MAX_BYTES", "67108864", int, gt=0),  # per process: raw values and keys
         Setting("L1_CACHE_TTL", None, float, gt=0),  # default: 60, or DEVICE_CACHE_TTL if shorter
         Setting("CACHE_REPLICA_WAIT_MS", "20", int, gt=0),
         Setting("CACHE_FLUSH_INTERVAL", "1", float, gt=0),

@@ -2,7 +2,8 @@
 
 Every device-cache test runs with it on (the default); these are about L1 itself: what a hit
 costs, invalidations from another replica, the placeholder race, FLUSHDB, outages, fork, the
-gunicorn worker classes, and bearer tokens (rotation and deletion seen everywhere).
+gunicorn worker classes, bearer tokens (rotation and deletion seen everywhere), its bounds (bytes,
+negatives), a silent tracking connection and a half-received message.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import json
 import os
 import time
 import urllib.request
+import uuid
 
 import pytest
 import redis
 
+from app.cache import near as near_module
 from app.devices.lookup import lookup_device
 from tests.conftest import all_topologies, bearer, build_app, create_user, near_ready, register, stop_app
 from tests.helpers import wait_until
+from tests.split_proxy import SplitProxy
 
 WAIT = 10
 
@@ -271,3 +275,127 @@ def test_a_token_rotated_while_redis_is_down_is_refused_everywhere_once_it_retur
     for app in (a, b, a, b):
         assert app.test_client().get("/api/v1/api-keys", headers=bearer(user)).status_code == 401
         assert app.test_client().get("/api/v1/api-keys", headers=bearer(new)).status_code == 200
+
+
+def store_chains(app, raw, names: list[str], length: int) -> None:
+    """Device lookups written straight into Redis: ``name|room`` with a chain of ``length`` ids."""
+    register(app.test_client(), create_user(app, "owner"), "dev-1", "room")
+    with app.app_context():
+        template = lookup_device("dev-1", "room")
+    pipe = raw.pipeline(transaction=False)
+    for name in names:
+        value = {**template, "device_id": name, "chain": [f"{name}-{i:05d}" for i in range(length)]}
+        pipe.set(entry(app, name), json.dumps(value, separators=(",", ":")), ex=300)
+    pipe.execute()
+
+
+def held_bytes(near) -> int:
+    """What L1 holds: its raw values and keys, real and negative entries."""
+    held = {**near._entries, **getattr(getattr(near, "_negatives", None), "entries", {})}
+    return sum(len(key) + len(raw) for key, (raw, _) in held.items())
+
+
+def test_l1_holds_no_more_bytes_than_l1_cache_max_bytes(settings, raw):
+    app = build_app(settings, L1_CACHE_MAX_BYTES=256 * 1024)
+    try:
+        near = app.extensions["shared_cache"].near
+        near_ready(app)
+        names = [f"big-{n:03d}" for n in range(100)]
+        store_chains(app, raw, names, 512)  # about 7.7 KB each: 770 KB in all
+        with app.app_context():
+            for name in names:
+                for _ in range(2):  # the second lookup finds it in Redis, under its placeholder
+                    assert len(lookup_device(name, "room")["chain"]) == 512
+                assert held_bytes(near) <= 256 * 1024
+        assert in_l1(app, entry(app, names[-1]))  # the most recent are kept
+        assert 20 <= len(near) < 40 and held_bytes(near) == near.nbytes
+    finally:
+        stop_app(app)
+
+
+def test_an_entry_over_a_sixteenth_of_the_byte_bound_is_served_but_not_kept(settings, raw):
+    app = build_app(settings, L1_CACHE_MAX_BYTES=256 * 1024)
+    try:
+        near_ready(app)
+        store_chains(app, raw, ["huge"], 2000)  # about 30 KB, over 16 KiB
+        with app.app_context():
+            for _ in range(3):
+                assert len(lookup_device("huge", "room")["chain"]) == 2000
+            assert not in_l1(app, entry(app, "huge"))
+            assert lookup_device("dev-1", "room") and in_l1(app, entry(app))  # a small one is kept
+    finally:
+        stop_app(app)
+
+
+def test_a_flood_of_unknown_devices_and_tokens_never_evicts_real_entries(settings, raw):
+    app = build_app(settings, L1_CACHE_SIZE=32)  # negatives: 2 entries
+    try:
+        near = app.extensions["shared_cache"].near
+        near_ready(app)
+        real = [f"real-{n}" for n in range(8)]
+        store_chains(app, raw, real, 1)
+        user = create_user(app, "someone")
+        _, user_id, secret = user["token"].split("_", 2)
+        with app.app_context():
+            for name in real:
+                lookup_device(name, "room")
+                lookup_device(name, "room")
+                assert in_l1(app, entry(app, name))
+            for n in range(100):
+                for _ in range(2):  # the second lookup would keep the negative entry
+                    assert lookup_device(f"nobody-{n}", "room")["found"] is False
+        for _ in range(20):
+            token = f"ost_{uuid.uuid4().hex[: len(user_id)]}_{secret}"
+            for _ in range(2):
+                response = app.test_client().get("/api/v1/api-keys", headers={"Authorization": f"Bearer {token}"})
+                assert response.status_code == 401
+        assert all(in_l1(app, entry(app, name)) for name in real)
+        assert len(near._negatives.entries) == 2  # the latest unknowns, in their own small LRU
+    finally:
+        stop_app(app)
+
+
+def test_a_silent_tracking_connection_stops_l1_hits_within_the_heartbeat_deadline(settings, redis_alive):
+    app = build_app(settings, CACHE_FLUSH_INTERVAL=60)  # nothing else of the app talks to Redis
+    try:
+        near = app.extensions["shared_cache"].near
+        near_ready(app)
+        register(app.test_client(), create_user(app, "owner"), "dev-1", "room")
+        for _ in range(3):  # the heartbeat's phase differs each time
+            assert wait_until(lambda: chain(app) == ["dev-1"] and near.get(entry(app)) is not None)
+            redis_alive.pause()
+            paused = time.monotonic()
+            try:
+                time.sleep(max(0.0, 0.26 - (time.monotonic() - paused)))
+                assert near.get(entry(app)) is None  # no answer from Redis for over 0.25 s: no hit
+            finally:
+                redis_alive.ensure_running()
+    finally:
+        stop_app(app)
+
+
+def test_a_half_received_invalidation_never_blocks_a_get(settings, redis_server, raw, monkeypatch):
+    # A heartbeat deadline (and so tracking socket timeout) of 2 s: a read that waits for the
+    # rest of the message would time out and drop the connection, rather than the heartbeat.
+    monkeypatch.setattr(near_module, "PONG_DEADLINE", 2.0)
+    proxy = SplitProxy(int(redis_server.url(0).rsplit(":", 1)[1].split("/")[0]))
+    app = build_app(settings, REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0", CACHE_FLUSH_INTERVAL=60)
+    try:
+        near = app.extensions["shared_cache"].near
+        near_ready(app)
+        register(app.test_client(), create_user(app, "owner"), "dev-1", "room")
+        assert chain(app) == chain(app) == ["dev-1"] and in_l1(app, entry(app))
+        listeners = list(near._listeners)
+        proxy.arm()
+        raw.delete(entry(app))  # its invalidation reaches the tracking connection in two halves
+        assert proxy.split.wait(5)
+        # Once the first half is in (loopback may deliver it a little later), L1 answers nothing.
+        assert wait_until(lambda: near.get(entry(app)) is None, 2)
+        assert near.serving and near._listeners == listeners  # nothing waited on the socket
+        proxy.release()
+        assert wait_until(lambda: not in_l1(app, entry(app)), 2)
+        assert wait_until(lambda: chain(app) == ["dev-1"] and in_l1(app, entry(app)))
+        assert near._listeners == listeners
+    finally:
+        stop_app(app)
+        proxy.close()

@@ -12,20 +12,33 @@ its name there, and the entry leaves L1; a null message (FLUSHDB, FLUSHALL) empt
 
 Guarantees, and how:
 - Never stale after a response: before serving a hit, every message already received on those
-  connections is applied (a non-blocking read). Redis writes an invalidation before the reply
-  of the write that caused it, so a request that starts after the writer's response finds it.
+  connections is applied (a non-blocking read, parsed incrementally by ``tracking.py``). Redis
+  writes an invalidation before the reply of the write that caused it, so a request that starts
+  after the writer's response finds it. While part of a message is buffered (its rest not yet
+  arrived) L1 answers nothing: the lookup goes to Redis, it never waits for the rest.
 - A fill racing an invalidation stores nothing: a placeholder is set before the Redis read and
   the value kept only if the placeholder is still there after it (Redis's client-side caching
   documentation describes this race).
-- Only while coherent: L1 serves only while every listener is subscribed and its heartbeat (a
-  PING every 0.1 s) is answered within 0.25 s. Otherwise (an error, a disconnect, a restart, a
-  primary that changed, the breaker open) it is emptied and bypassed until subscribed again.
-  The one staleness it adds: while Redis is unreachable no invalidation can travel, so a write
-  made then may go unseen here for up to those 0.25 s.
+- Only while coherent: L1 serves only while every listener is subscribed and the last answer to
+  its heartbeat (a PING every 0.1 s) vouches for a moment at most 0.25 s ago (messages on one
+  connection arrive in order, so a PONG means every invalidation sent before that PING has been
+  applied). Every get compares the clock with that; a silent connection stops hits within 0.25 s
+  of its last PING answered, without waiting for anything. A PING unanswered for 0.25 s, an error,
+  a disconnect, a restart, a primary that changed or the breaker opening empty L1, which is
+  bypassed until subscribed again. The one staleness it adds: while Redis is unreachable no
+  invalidation can travel, so a write made then may go unseen here for up to those 0.25 s.
 
 Entries are the raw JSON of the shared entry (decoded on each hit, so no caller can change
-what the next one gets), bounded by ``L1_CACHE_SIZE`` (least recently used first out) and
-``L1_CACHE_TTL`` seconds.
+what the next one gets), bounded by ``L1_CACHE_SIZE`` entries and ``L1_CACHE_MAX_BYTES`` bytes
+(the raw values and their keys; least recently used first out), and ``L1_CACHE_TTL`` seconds.
+An entry larger than 1/16 of the byte bound is served but not kept. Negative entries (unknown
+devices, unknown users of well-formed tokens) live in their own LRU of 1/16 of both bounds, so a
+flood of random ids never pushes real entries out.
+
+Worker models: nothing (lock, event, thread, connection) is made before first use in the process
+that uses it. gunicorn runs fork hooks before a gevent worker monkey-patches, so a lock made
+then (or at app build, with ``--preload``) would be a real one that blocks the whole worker.
+No lock is held while waiting on a socket.
 
 Considered: redis-py's own client-side cache (``cache_config``); it tracks per connection in
 default mode, keeps no heartbeat (a silent connection leaves it serving stale entries), and
@@ -35,15 +48,17 @@ applies invalidations only when that connection is next used.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import select
 import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 from gevent.monkey import get_original
 
+from app.cache.lru import Lru
+from app.cache.tracking import CHANNEL, PONG_DEADLINE, Listener, ReplyError
 from app.redis_topology import REDIS_ERRORS, Topology
 
 log = logging.getLogger("app.cache")
@@ -51,42 +66,26 @@ log = logging.getLogger("app.cache")
 # gevent (whose cooperative select costs more, for nothing here).
 _poll = get_original("select", "select")
 
-CHANNEL = b"__redis__:invalidate"
 PING_INTERVAL = 0.1  # seconds between heartbeats
-PONG_DEADLINE = 0.25  # an unanswered heartbeat older than this: not coherent
 RETRY_INTERVAL = 0.1  # seconds between reconnection attempts
-
-
-class _Listener:
-    """One primary's tracking connection (RESP2: invalidations arrive as pub/sub messages)."""
-
-    def __init__(self, name: str, connection: Any) -> None:
-        self.name = name
-        self.connection = connection
-        self.ping_sent: float | None = None  # the heartbeat awaiting its PONG
-
-    def open(self, prefixes: list[str]) -> None:
-        conn = self.connection
-        conn.connect()
-        conn.send_command("CLIENT", "ID")
-        own_id = conn.read_response()
-        tracking = ["CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST"]
-        for prefix in prefixes:
-            tracking += ["PREFIX", prefix]
-        conn.send_command(*tracking)
-        conn.read_response()
-        conn.send_command("SUBSCRIBE", CHANNEL)
-        reply = conn.read_response()
-        if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
-            raise ConnectionError(f"unexpected reply to SUBSCRIBE: {reply!r}")
-
-    def close(self) -> None:
-        self.connection.disconnect()
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+NEGATIVE_SHARE = 16  # the negatives' LRU: 1/16 of both bounds; and no entry above 1/16 of the bytes
+NEGATIVE_MARK = b'"found":false'  # at the top level of the serializer's compact JSON, within its head
 
 
 class NearCache:
-    def __init__(self, size: int, ttl: float, topology: Topology, client: Any, prefixes: list[str]) -> None:
+    def __init__(
+        self,
+        size: int,
+        ttl: float,
+        topology: Topology,
+        client: Any,
+        prefixes: list[str],
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_bytes // NEGATIVE_SHARE  # larger: served, not kept
         self.ttl = ttl
         self.enabled = size > 0
         self.topology = topology
@@ -95,16 +94,23 @@ class NearCache:
         self.after_fork()
 
     def after_fork(self) -> None:
-        """A forked child owns no listener yet: it opens its own on first use."""
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        """Forget the parent's state. The lock, event, thread and connections come on first use."""
+        self._lock: Any = None
+        self._wake: Any = None
+        self._thread: Any = None
+        self._lru = Lru(self.size, self.max_bytes)
+        self._negatives = Lru(max(1, self.size // NEGATIVE_SHARE), max(1, self.max_entry_bytes))
+        self._entries = self._lru.entries  # the real entries (tests look here)
         self._reserved: dict[str, object] = {}
-        self._listeners: list[_Listener] = []
+        self._listeners: list[Listener] = []
         self._sockets: list[Any] = []  # the listeners' sockets, for the hot path's readiness check
-        self._serving = False  # subscribed everywhere, heartbeat fresh: L1 may answer
+        self._doomed: list[Listener] = []  # dropped; the listener thread closes them
+        self._serving = False  # subscribed everywhere: L1 may answer while the heartbeat is fresh
+        self._fresh_until = 0.0  # min over the listeners of their last PONG's PING + PONG_DEADLINE
+        self._partial = False  # part of a message is buffered: answer nothing until the rest
         self._started = False
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._starts = itertools.count()  # next() is atomic: exactly one caller starts
+        self._stopped = False
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -117,13 +123,20 @@ class NearCache:
         with self._lock:
             if not self._sync():
                 return None
-            entry = self._entries.get(key)
+            now = time.monotonic()
+            if now > self._fresh_until:  # no heartbeat answered lately: the connection may be silent
+                return None
+            lru = self._lru
+            entry = lru.entries.get(key)
             if entry is None:
+                lru = self._negatives
+                entry = lru.entries.get(key)
+                if entry is None:
+                    return None
+            if entry[1] < now:
+                lru.pop(key)
                 return None
-            if entry[1] < time.monotonic():
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
+            lru.entries.move_to_end(key)
             return entry[0]
 
     def reserve(self, key: str) -> object | None:
@@ -139,29 +152,38 @@ class NearCache:
         """Keep what was read under ``token``, unless an invalidation came since the placeholder."""
         if token is None:
             return
+        negative = raw.find(NEGATIVE_MARK, 0, 64) >= 0
         with self._lock:
             if not self._sync() or self._reserved.get(key) is not token:
                 return
             del self._reserved[key]
-            self._entries[key] = (raw, time.monotonic() + min(ttl, self.ttl))
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            self._lru.pop(key)
+            self._negatives.pop(key)
+            if len(key) + len(raw) > self.max_entry_bytes:
+                return  # served, not kept: one entry must not take a large share of the bound
+            lru = self._negatives if negative else self._lru
+            lru.add(key, raw, time.monotonic() + min(ttl, self.ttl))
 
     def discard(self, keys: list[str] | set[str]) -> None:
         """Drop keys this process invalidates itself (without waiting for Redis to say so)."""
-        with self._lock:
+        lock = self._lock
+        if lock is None:  # never started here: nothing held
+            return
+        with lock:
             for key in keys:
-                self._entries.pop(key, None)
-                self._reserved.pop(key, None)
+                self._forget(key)
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._reserved.clear()
+        with self._lock or contextlib.nullcontext():
+            self._empty()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._lru.entries) + len(self._negatives.entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (raw values and keys), real and negative entries."""
+        return self._lru.nbytes + self._negatives.nbytes
 
     @property
     def serving(self) -> bool:
@@ -170,102 +192,134 @@ class NearCache:
     # -- coherence ------------------------------------------------------------------------
 
     def _sync(self) -> bool:
-        """Apply every message already received; whether L1 is still coherent (lock held).
+        """Apply every complete message already received; whether L1 may answer (lock held).
 
-        One ``select`` with no timeout tells whether anything arrived (a drain always reads
-        until redis-py's buffer is empty, so a readable socket is the only sign of a message).
+        One ``select`` with no timeout tells whether anything arrived (a drain reads until the
+        socket has nothing more, so a readable socket is the only sign of a message). Never waits.
         """
-        try:
-            if self._sockets and _poll(self._sockets, (), (), 0)[0]:
+        if self._sockets and _poll(self._sockets, (), (), 0)[0]:
+            try:
                 for listener in self._listeners:
-                    conn = listener.connection
-                    while conn.can_read(timeout=0):
-                        self._handle(listener, conn.read_response())
-        except REDIS_ERRORS + (OSError, ValueError) as exc:
-            self._incoherent(f"tracking connection failed ({exc.__class__.__name__})")
-            return False
-        now = time.monotonic()
-        for listener in self._listeners:
-            if listener.ping_sent is not None and now - listener.ping_sent > PONG_DEADLINE:
-                self._incoherent(f"heartbeat unanswered for {PONG_DEADLINE}s on {listener.name}")
+                    for message in listener.receive():
+                        self._handle(listener, message)
+            except (OSError, ValueError) as exc:
+                self._incoherent(f"tracking connection failed ({exc.__class__.__name__}: {exc})")
                 return False
-        return self._serving
+            self._partial = any(listener.parser.pending for listener in self._listeners)
+        return self._serving and not self._partial
 
-    def _handle(self, listener: _Listener, message: Any) -> None:
+    def _handle(self, listener: Listener, message: Any) -> None:
         kind = message[0] if isinstance(message, list) and message else None
         if kind == b"message" and message[1] == CHANNEL:
             keys = message[2]
             if keys is None:  # FLUSHDB / FLUSHALL
-                self._entries.clear()
-                self._reserved.clear()
+                self._empty()
                 return
             for key in keys:
-                name = key.decode()
-                self._entries.pop(name, None)
-                self._reserved.pop(name, None)
+                self._forget(key.decode())
         elif kind == b"pong":
-            listener.ping_sent = None
+            if listener.ping_sent is not None:
+                listener.fresh_until = listener.ping_sent + PONG_DEADLINE
+                listener.ping_sent = None
+                self._fresh_until = min(each.fresh_until for each in self._listeners)
+        elif isinstance(message, ReplyError):
+            raise ConnectionError(f"tracking connection answered {message}")
+
+    def _forget(self, key: str) -> None:
+        self._lru.pop(key)
+        self._negatives.pop(key)
+        self._reserved.pop(key, None)
+
+    def _empty(self) -> None:
+        self._lru.clear()
+        self._negatives.clear()
+        self._reserved.clear()
 
     def _incoherent(self, why: str) -> None:
-        """Empty and bypass L1; the listener thread reconnects (lock held)."""
+        """Empty and bypass L1; the listener thread closes the connections and reconnects (lock held)."""
         if self._serving:
             log.warning("near cache off: %s; lookups go to Redis until it is subscribed again", why)
         self._serving = False
-        self._entries.clear()
-        self._reserved.clear()
-        for listener in self._listeners:
-            listener.close()
+        self._fresh_until = 0.0
+        self._partial = False
+        self._empty()
+        self._doomed += self._listeners
         self._listeners = []
         self._sockets = []
+        if self._wake is not None:
+            self._wake.set()
 
     def suspend(self, why: str) -> None:
         """Stop serving now (the breaker opened): emptied until the listener is subscribed again."""
-        with self._lock:
+        lock = self._lock
+        if lock is None:  # never started here: nothing to stop
+            return
+        with lock:
             self._incoherent(why)
 
     # -- the listener thread ----------------------------------------------------------------
 
     def _start(self) -> None:
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
+        """Make the lock, event and thread now, in the process (and, under gevent, after the
+        monkey-patching) that uses them."""
+        if next(self._starts):
+            return
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._started = True
+        if self._stopped:
+            return
         self._thread = threading.Thread(target=self._run, name="near-cache", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving now; the listener thread closes its connections as it ends (it may be
-        reading them), within its next wait (at most 0.25 s)."""
-        self._stop.set()
-        with self._lock:
+        """Stop serving now; the listener thread closes its connections as it ends, within its
+        next wait (at most 0.25 s)."""
+        self._stopped = True
+        lock = self._lock
+        if lock is None:
+            return
+        with lock:
             self._serving = False  # (quietly: nothing went wrong)
-            self._entries.clear()
-            self._reserved.clear()
+            self._incoherent("stopped")
+        self._wake.set()
         if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                self._incoherent("stopped")
+            self._close_doomed()
+
+    def _close_doomed(self) -> None:
+        """Close the dropped connections, outside the lock (the listener thread's, or after it)."""
+        with self._lock:
+            doomed, self._doomed = self._doomed, []
+        for listener in doomed:
+            with contextlib.suppress(*REDIS_ERRORS, OSError):
+                listener.close()
+
+    def _wait(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
 
     def _subscribe(self) -> None:
         """A tracking connection on every primary, then serve (L1 starts empty)."""
         options = {"socket_timeout": PONG_DEADLINE, "socket_connect_timeout": PONG_DEADLINE, "protocol": 2,
                    "client_name": "opensensor-near"}  # fmt: skip
-        listeners = [_Listener(name, conn) for name, conn in self.topology.listener_connections(self.client, options)]
+        listeners = [Listener(name, conn) for name, conn in self.topology.listener_connections(self.client, options)]
         try:
             for listener in listeners:
                 listener.open(self.prefixes)
         except BaseException:
             for listener in listeners:
-                listener.close()
+                with contextlib.suppress(*REDIS_ERRORS, OSError):
+                    listener.close()
             raise
         with self._lock:
-            if self._stop.is_set():
-                for listener in listeners:
-                    listener.close()
+            if self._stopped:
+                self._doomed += listeners
                 return
             self._listeners = listeners
-            self._sockets = [listener.connection._sock for listener in listeners]
-            self._entries.clear()
-            self._reserved.clear()
+            self._sockets = [listener.sock for listener in listeners]
+            self._empty()
+            self._partial = any(listener.parser.pending for listener in listeners)
+            self._fresh_until = min(listener.fresh_until for listener in listeners)
             self._serving = True
         log.info("near cache on: tracking %d primar%s", len(listeners), "y" if len(listeners) == 1 else "ies")
 
@@ -276,47 +330,63 @@ class NearCache:
             with self._lock:
                 self._serving = False
                 self._incoherent("stopped")
+            self._close_doomed()
 
     def _listen(self) -> None:
-        stop = self._stop
-        next_ping = 0.0
         failed = False
-        while not stop.is_set():
+        next_ping = 0.0
+        while not self._stopped:
+            self._close_doomed()
             if not self._serving:
                 try:
                     self._subscribe()
-                except REDIS_ERRORS + (OSError,):
+                except REDIS_ERRORS + (OSError, ValueError):
                     self.topology.refresh(self.client)  # after a failover: where the primaries are now
-                    stop.wait(RETRY_INTERVAL)
+                    self._wait(RETRY_INTERVAL)
                     continue
                 except Exception:  # a bug must not end the thread: L1 stays off, and says why once
                     if not failed:
                         log.exception("near cache cannot subscribe; it stays off")
                     failed = True
-                    stop.wait(RETRY_INTERVAL * 10)
+                    self._wait(RETRY_INTERVAL * 10)
                     continue
-            now = time.monotonic()
-            with self._lock:
-                if self._serving and self._primaries_changed():
-                    self._incoherent("the primaries changed")
-                    continue
-                if now >= next_ping:
-                    next_ping = now + PING_INTERVAL
-                    try:
-                        for listener in self._listeners:
-                            if listener.ping_sent is None:
-                                listener.connection.send_command("PING")
-                                listener.ping_sent = now
-                    except REDIS_ERRORS + (OSError,) as exc:
-                        self._incoherent(f"heartbeat failed ({exc.__class__.__name__})")
-                        continue
-                self._sync()
-                sockets = [listener.connection._sock for listener in self._listeners]
-            if sockets and all(sock is not None for sock in sockets):
+                next_ping = 0.0  # at once: the first answer extends what subscribing vouched for
+            result = self._round(next_ping)
+            if result is None:
+                continue
+            next_ping, sockets = result
+            if sockets:
                 with contextlib.suppress(OSError, ValueError):  # closed under us: the next round notices
                     select.select(sockets, [], [], max(0.0, min(next_ping - time.monotonic(), PONG_DEADLINE)))
             else:
-                stop.wait(RETRY_INTERVAL)
+                self._wait(RETRY_INTERVAL)
+
+    def _round(self, next_ping: float) -> tuple[float, list[Any]] | None:
+        """Send the heartbeat when due, apply what arrived, drop a silent connection; the next
+        heartbeat's time and the sockets to wait on (None: L1 went off, start over)."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._serving:
+                return None
+            if self._primaries_changed():
+                self._incoherent("the primaries changed")
+                return None
+            if now >= next_ping:
+                next_ping = now + PING_INTERVAL
+                try:
+                    for listener in self._listeners:
+                        if listener.ping_sent is None:
+                            listener.ping(now)
+                except (OSError, ValueError) as exc:
+                    self._incoherent(f"heartbeat failed ({exc.__class__.__name__})")
+                    return None
+            self._sync()
+            now = time.monotonic()
+            for listener in self._listeners:
+                if listener.ping_sent is not None and now - listener.ping_sent > PONG_DEADLINE:
+                    self._incoherent(f"heartbeat unanswered for {PONG_DEADLINE}s on {listener.name}")
+                    return None
+            return next_ping, list(self._sockets)
 
     def _primaries_changed(self) -> bool:
         return sorted(listener.name for listener in self._listeners) != sorted(self.topology.primary_names(self.client))

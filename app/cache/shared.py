@@ -84,6 +84,7 @@ class SharedCache:
             topology,
             self.client,
             self.keys.near_prefixes,
+            max_bytes=config["L1_CACHE_MAX_BYTES"],
         )
         self.lookups = Lookups(self, config)
         self.outbox = Outbox(self, config, sources.outbox)
