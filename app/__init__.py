@@ -15,6 +15,7 @@ from app.cors import register_cors
 from app.devices.lookup import load_device, load_devices
 from app.errors import register_error_handlers
 from app.extensions import cache, mongo
+from app.health.shutdown import init_shutdown
 from app.logging import configure_logging
 from app.metrics import register_metrics
 from app.redis_topology import Topology, client_options
@@ -55,6 +56,7 @@ def register_extensions(app: Flask) -> None:
     cache.init_app(app, config=cache_config(app.config))
     init_device_cache(app, app.extensions["cache"][cache], load_device, load_devices)
     celery_init_app(app)
+    init_shutdown(app)
 
 
 def register_blueprints(app: Flask) -> None:
