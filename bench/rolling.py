@@ -118,6 +118,7 @@ def rolling_restart(
     api_key: str,
     *,
     replicas: int = 4,
+    workers: int = 2,
     clients: int = 4,
     drain: float = 1.0,
     settle: float = 1.0,
@@ -126,11 +127,14 @@ def rolling_restart(
     """The run described at the top, on servers of the caller's (``settings``: MONGO_URI and the Redis)."""
     outcome = Outcome()
     env = {**settings, "SHUTDOWN_DRAIN_SECONDS": drain}
-    fleet = [LiveReplica(env, workdir / f"replica-{n}.log", workers=2, threads=4) for n in range(replicas)]
+    fleet = [LiveReplica(env, workdir / f"replica-{n}.log", workers=workers, threads=4) for n in range(replicas)]
     haproxy = HAProxy([replica.port for replica in fleet], workdir / "haproxy")
     try:
-        for replica in fleet:
-            replica.start(timeout=60)
+        starting = [threading.Thread(target=replica.start, kwargs={"timeout": 60}) for replica in fleet]
+        for thread in starting:
+            thread.start()
+        for thread in starting:
+            thread.join()
         haproxy.start()
         for n in range(replicas):
             haproxy.wait_state(f"r{n}", "UP")
@@ -144,6 +148,7 @@ def rolling_restart(
         finally:
             load.stop()
             outcome.seconds = time.monotonic() - load.started
+            log(f"load stopped after {outcome.seconds:.1f}s")
     finally:
         haproxy.stop()
         for replica in fleet:
@@ -194,7 +199,7 @@ def report(outcome: Outcome, args: argparse.Namespace) -> str:
         "",
         f"Command: `python -m bench.rolling --replicas {args.replicas} --clients {args.clients} --drain {args.drain:g}`."
         " HAProxy 2.6 (Debian) in front of the replicas (gunicorn gthread, 2 workers × 4 threads each), checking"
-        " `GET /health` every 200 ms (`fall 1 rise 1`, `retries 3`, `option redispatch`). Each client thread sends,"
+        " `GET /health` every 200 ms (`fall 2 rise 1`, `retries 3`, `option redispatch`). Each client thread sends,"
         " on a fresh connection each, a push with a value no other push has and a read of the device's readings."
         " Each replica in turn gets SIGTERM, drains (readiness 503 while it still serves), stops, and a new one is"
         " started on its port; afterwards every value answered 201 is looked for in MongoDB.",

@@ -1,8 +1,8 @@
 """Debian's HAProxy on a free loopback port in front of replicas, health-checking their readiness.
 
 For what a test or benchmark of a rolling update needs: a real load balancer that takes a replica out
-when its ``/health`` stops answering 200 (every ``inter``, one failure is enough) and back in at the
-first 200, and that sends a request whose connection was refused to another replica
+when its ``/health`` stops answering 200 (checked every ``inter``; ``fall`` failures in a row: 2, so
+one slow probe on a busy machine does not empty the pool) and back in at the first 200, and that sends a request whose connection was refused to another replica
 (``retries`` + ``option redispatch``; a refused connection carried nothing, so retrying it is safe).
 Its admin socket answers ``show stat``: ``states()`` tells which servers it sees up.
 """
@@ -31,6 +31,7 @@ defaults
     timeout client 30s
     timeout server 30s
     timeout queue 10s
+    timeout check 2s
     retries 3
     option redispatch 1
     retry-on conn-failure
@@ -43,7 +44,7 @@ backend replicas
     balance roundrobin
     option httpchk GET {check}
     http-check expect status 200
-    default-server inter {inter_ms}ms fastinter {inter_ms}ms downinter {inter_ms}ms fall 1 rise 1
+    default-server inter {inter_ms}ms fastinter {inter_ms}ms downinter {inter_ms}ms fall {fall} rise 1
 {servers}
 """
 
@@ -51,7 +52,9 @@ backend replicas
 class HAProxy:
     """``haproxy -db -f <config>`` (foreground) in ``workdir``; ``start()`` returns once it answers."""
 
-    def __init__(self, ports: list[int], workdir: Path, *, check: str = "/health", inter_ms: int = 200) -> None:
+    def __init__(
+        self, ports: list[int], workdir: Path, *, check: str = "/health", inter_ms: int = 200, fall: int = 2
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -60,7 +63,7 @@ class HAProxy:
         self.log_path = workdir / "haproxy.log"
         servers = "\n".join(f"    server r{n} 127.0.0.1:{port} check" for n, port in enumerate(ports))
         self.config = CONFIG.format(
-            socket=self.socket_path, port=self.port, check=check, inter_ms=inter_ms, servers=servers
+            socket=self.socket_path, port=self.port, check=check, inter_ms=inter_ms, fall=fall, servers=servers
         )
         self.proc: subprocess.Popen | None = None
 
