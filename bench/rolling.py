@@ -197,12 +197,15 @@ def report(outcome: Outcome, args: argparse.Namespace) -> str:
     lines = [
         SECTION,
         "",
-        f"Command: `python -m bench.rolling --replicas {args.replicas} --clients {args.clients} --drain {args.drain:g}`."
-        " HAProxy 2.6 (Debian) in front of the replicas (gunicorn gthread, 2 workers × 4 threads each), checking"
-        " `GET /health` every 200 ms (`fall 2 rise 1`, `retries 3`, `option redispatch`). Each client thread sends,"
-        " on a fresh connection each, a push with a value no other push has and a read of the device's readings."
-        " Each replica in turn gets SIGTERM, drains (readiness 503 while it still serves), stops, and a new one is"
-        " started on its port; afterwards every value answered 201 is looked for in MongoDB.",
+        f"Command: `python -m bench.rolling --replicas {args.replicas} --workers {args.workers}"
+        f" --clients {args.clients} --drain {args.drain:g}`. HAProxy 2.6 (Debian) in front of the"
+        f" replicas (gunicorn gthread, {args.workers} workers × 4 threads each,"
+        f" `SHUTDOWN_DRAIN_SECONDS={args.drain:g}`), checking `GET /health` every 200 ms"
+        " (`fall 2 rise 1`, `retries 3`, `option redispatch`). Each client thread sends, on a fresh"
+        " connection each, a push with a value no other push has and a read of the device's"
+        " readings. Each replica in turn gets SIGTERM, drains (readiness 503 while it still serves),"
+        " stops, and a new one is started on its port; afterwards every value answered 201 is"
+        " looked for in MongoDB.",
         "",
         "| | |",
         "|---|---|",
@@ -217,6 +220,7 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per replica")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--drain", type=float, default=1.0, help="SHUTDOWN_DRAIN_SECONDS of the replicas")
     parser.add_argument("--no-docs", action="store_true")
@@ -228,7 +232,14 @@ def main() -> int:
         key = seed_key(settings)
         workdir = Path(tempfile.mkdtemp(prefix="bench-rolling-", dir=servers.workdir))
         outcome = rolling_restart(
-            settings, workdir, key, replicas=args.replicas, clients=args.clients, drain=args.drain, log=print
+            settings,
+            workdir,
+            key,
+            replicas=args.replicas,
+            workers=args.workers,
+            clients=args.clients,
+            drain=args.drain,
+            log=print,
         )
     publish(report(outcome, args), write=not args.no_docs)
     return 1 if outcome.failures or outcome.lost else 0

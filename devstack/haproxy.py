@@ -1,10 +1,11 @@
 """Debian's HAProxy on a free loopback port in front of replicas, health-checking their readiness.
 
-For what a test or benchmark of a rolling update needs: a real load balancer that takes a replica out
-when its ``/health`` stops answering 200 (checked every ``inter``; ``fall`` failures in a row: 2, so
-one slow probe on a busy machine does not empty the pool) and back in at the first 200, and that sends a request whose connection was refused to another replica
-(``retries`` + ``option redispatch``; a refused connection carried nothing, so retrying it is safe).
-Its admin socket answers ``show stat``: ``states()`` tells which servers it sees up.
+For what a test or benchmark of a rolling update needs: a real load balancer that takes a replica
+out when its ``/health`` stops answering 200 (checked every ``inter``; ``fall`` failures in a row:
+2, so one slow probe on a busy machine does not empty the pool) and back in at the first 200, and
+that sends a request whose connection was refused to another replica (``retries`` + ``option
+redispatch``; a refused connection carried nothing, so retrying it is safe). Its admin socket
+answers ``show stat``: ``states()`` tells which servers it sees up.
 """
 
 from __future__ import annotations
