@@ -11,6 +11,15 @@ It does two things the app cannot do from inside a worker:
   created if missing. Either is emptied of metric files at start, and a dead worker's live
   gauges are dropped (``child_exit``). Nothing of the app is imported here: gevent workers
   must import it only after they patched the standard library.
+- Draining on SIGTERM (issue 14). The master flips readiness (``GET /health``) to 503 in every
+  worker at once (a flag in memory shared with the workers it forks) and keeps serving normally for
+  ``SHUTDOWN_DRAIN_SECONDS``, so load balancers stop sending before anything is refused. Then it
+  stops accepting without resetting anyone: a filter on the listening socket drops new connection
+  attempts (their retry meets the closed port: refused, not reset), the workers accept what was
+  already queued, and only then is gunicorn's graceful stop run (``--graceful-timeout``); a
+  gthread worker closes its listener copy as soon as it stops accepting, not after its kept-alive
+  connections. Each worker stops the device cache on exit, sending its buffered counters.
+  A second SIGTERM ends the drain early; SIGINT and SIGQUIT stop at once, as before.
 - ``LOG_FORMAT=json``: gunicorn's own lines and its access line become JSON objects with the
   fields of ``app/logging.py`` (time, level, logger, message); the access line adds the
   request's id, Flask URL rule, status, duration and device-cache result.
@@ -18,11 +27,19 @@ It does two things the app cannot do from inside a worker:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import glob
 import logging
+import mmap
 import os
 import shutil
+import signal
+import socket
+import struct
 import tempfile
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +79,113 @@ def on_exit(server: Any) -> None:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path and os.environ.get(OWN_DIR_MARK) == path:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --- Draining on SIGTERM (module body: runs in the master, before any worker) --------------------
+DRAIN_SETTING = "SHUTDOWN_DRAIN_SECONDS"
+DRAIN_DEFAULT = "5"  # app/config.py's Setting row has the same default (a test keeps them equal)
+QUEUE_EMPTY_SECONDS = 1.0  # at most this long for the workers to accept what was queued
+_SO_ATTACH_FILTER = 26  # Linux <asm-generic/socket.h>
+_DRAINING = mmap.mmap(-1, 1)  # 1 once the master got SIGTERM; every worker forked later shares it
+
+
+def drain_seconds(environ: dict[str, str] | os._Environ = os.environ) -> float:
+    """``SHUTDOWN_DRAIN_SECONDS`` (app/config.py validates it again in each worker)."""
+    raw = environ.get(DRAIN_SETTING, DRAIN_DEFAULT)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # NaN too
+        raise SystemExit(f"{DRAIN_SETTING} must be a number >= 0, got {raw!r}")
+    return seconds
+
+
+def draining() -> bool:
+    return _DRAINING[0] == 1
+
+
+def drop_new_connections(listener: socket.socket) -> bool:
+    """Attach a socket filter that drops every packet: new SYNs are ignored (the client retries
+    in a second and then meets a closed port), while the accept queue stays as it is."""
+    if listener.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    insn = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K, 0: drop
+    program = struct.pack("HL", 1, ctypes.addressof(insn))  # struct sock_fprog
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, program)
+    except OSError:
+        return False  # not Linux: gunicorn's own stop, as before
+    return True
+
+
+def accept_queue(listener: socket.socket) -> int:
+    """Connections waiting in a listening TCP socket's accept queue (``tcpi_unacked``)."""
+    info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("I", info, 24)[0]
+
+
+def stop_accepting(server: Any) -> None:
+    """Stop new connections without resetting queued ones: filter, then wait for the queue."""
+    listeners = [lnr.sock for lnr in server.LISTENERS if drop_new_connections(lnr.sock)]
+    deadline = time.monotonic() + QUEUE_EMPTY_SECONDS
+    while listeners and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if not any(accept_queue(listener) for listener in listeners):
+                break
+        time.sleep(0.01)
+    time.sleep(0.01)  # a connection the last accept() took may still be handed to a thread
+
+
+def when_ready(server: Any) -> None:
+    """Replace the arbiter's SIGTERM handling: drain first, then gunicorn's graceful stop."""
+    seconds = drain_seconds()
+    state = {"timer": None}
+
+    def handle_term() -> None:
+        _DRAINING[0] = 1
+        if state["timer"] is None and seconds > 0:
+            server.log.info("SIGTERM: draining for %gs (readiness answers 503), then stopping", seconds)
+            state["timer"] = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
+            state["timer"].daemon = True
+            state["timer"].start()
+            return
+        if state["timer"] is not None:
+            state["timer"].cancel()
+        server.log.info("Stopping: no new connections; finishing the accepted ones")
+        stop_accepting(server)
+        raise StopIteration  # the arbiter's own handle_term: halt(), graceful stop of the workers
+
+    server.handle_term = handle_term
+
+
+def post_worker_init(worker: Any) -> None:
+    """Give the app the drain flag, and close listeners as soon as a gthread worker stops accepting."""
+    extensions = getattr(worker.wsgi, "extensions", None) or {}
+    if "shutdown" in extensions:
+        extensions["shutdown"].watch(draining)
+    accept_switch = getattr(worker, "set_accept_enabled", None)
+    if accept_switch is None:
+        return
+
+    def set_accept_enabled(enabled: bool) -> None:
+        accept_switch(enabled)
+        if not enabled and not worker.alive:  # stopping, not merely at worker_connections
+            for listener in worker.sockets:
+                listener.close()
+
+    worker.set_accept_enabled = set_accept_enabled
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Send the device cache's buffered counters before the worker is gone."""
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", None) or {}
+    if "device_cache" in extensions:
+        with contextlib.suppress(Exception):
+            extensions["device_cache"].stop()
+
+
+drain_seconds()  # a malformed value stops the master at start, with one line
 
 
 # --- LOG_FORMAT=json -------------------------------------------------------------------------------

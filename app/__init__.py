@@ -16,6 +16,7 @@ from app.db import OUTBOX
 from app.devices.lookup import SCHEMA_VERSION, chain_pairs, load_device, load_devices
 from app.errors import register_error_handlers
 from app.extensions import cache, mongo
+from app.health.shutdown import init_shutdown
 from app.logging import configure_logging
 from app.metrics import register_metrics
 from app.redis_topology import Topology, client_options
@@ -57,6 +58,7 @@ def register_extensions(app: Flask) -> None:
     sources = Sources(load_device, load_devices, chain_pairs, SCHEMA_VERSION, lambda: mongo.db[OUTBOX])
     init_cache(app, app.extensions["cache"][cache], sources)
     celery_init_app(app)
+    init_shutdown(app)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -232,6 +232,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("LOG_FORMAT", "text", choices=("text", "json")),
         # Dashboards (issue 16): browsers on these origins may call the API (app/cors.py).
         Setting("CORS_ORIGINS", "", _origins),
+        # Stopping (issue 14): after SIGTERM, readiness answers 503 this long before gunicorn stops
+        # accepting (gunicorn.conf.py reads it in the master; the same default).
+        Setting("SHUTDOWN_DRAIN_SECONDS", "5", float, ge=0),
     )
 }
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

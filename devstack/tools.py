@@ -18,13 +18,15 @@ from devstack.rabbitmq import PORT as RABBITMQ_PORT
 from devstack.rabbitmq import ensure_rabbitmq
 
 # Commands the tests run -> their Debian package: the cache, Sentinel sets and Clusters; alert rules
-# and the real-Prometheus test; the dashboard's browser test (Playwright drives it, never downloads one).
+# and the real-Prometheus test; the dashboard's browser test (Playwright drives it, never downloads one);
+# the rolling restart behind a real load balancer.
 TEST_COMMANDS = {
     "redis-server": "redis-server",
     "redis-cli": "redis-tools",
     "prometheus": "prometheus",
     "promtool": "prometheus",
     "chromium": "chromium",
+    "haproxy": "haproxy",
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import os
 import re
+import runpy
 import shlex
 import shutil
 import socket
@@ -413,15 +414,33 @@ def test_web_pods_take_traffic_only_when_ready_and_restart_only_when_dead() -> N
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30
 
 
-def test_stopping_web_pod_finishes_in_flight_requests_within_its_grace_period() -> None:
+def test_stopping_web_pod_drains_and_finishes_in_flight_requests_within_its_grace_period() -> None:
+    """gunicorn.conf.py drains on SIGTERM (readiness 503, still serving): no preStop sleep is needed."""
     web = base_object("Deployment", "opensensor-web")
     (container,) = pod_spec(web)["containers"]
-    command = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep"
-    pause = int(command[1])
-    assert pause >= 5  # long enough for endpoints and load balancers to drop the pod
+    assert "preStop" not in container.get("lifecycle", {})
+    drain = float(SETTINGS["SHUTDOWN_DRAIN_SECONDS"].default)
     graceful = int(configmap_data()["GUNICORN_GRACEFUL_TIMEOUT"])
-    assert pod_spec(web)["terminationGracePeriodSeconds"] > pause + graceful
+    assert pod_spec(web)["terminationGracePeriodSeconds"] > drain + graceful
+
+
+def test_compose_gives_web_replicas_time_to_drain() -> None:
+    drain = float(SETTINGS["SHUTDOWN_DRAIN_SECONDS"].default)
+    for name, service in compose_app_services().items():
+        if service.get("command") == ["web"]:
+            graceful = int(service["environment"]["GUNICORN_GRACEFUL_TIMEOUT"])
+            assert int(service["stop_grace_period"].rstrip("s")) > drain + graceful, name
+
+
+def test_gunicorn_conf_drains_as_long_as_the_setting_says_by_default(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # so loading the file makes no directory
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert conf["DRAIN_DEFAULT"] == SETTINGS["SHUTDOWN_DRAIN_SECONDS"].default
+    assert conf["drain_seconds"]({}) == float(SETTINGS["SHUTDOWN_DRAIN_SECONDS"].default)
+    assert conf["drain_seconds"]({"SHUTDOWN_DRAIN_SECONDS": "0.5"}) == 0.5
+    for bad in ("-1", "soon", "nan"):
+        with pytest.raises(SystemExit, match="SHUTDOWN_DRAIN_SECONDS"):
+            conf["drain_seconds"]({"SHUTDOWN_DRAIN_SECONDS": bad})
 
 
 def test_web_pods_spread_across_nodes() -> None:

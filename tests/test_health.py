@@ -29,6 +29,16 @@ def app_without_redis(settings):
     stop_app(app)
 
 
+def test_readiness_is_down_503_while_draining_and_everything_else_still_serves(app, client):
+    app.extensions["shutdown"].watch(lambda: True)  # what gunicorn.conf.py does on SIGTERM
+
+    response = client.get("/health")
+
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "down", "checks": {"mongo": "ok", "redis": "ok"}}
+    assert client.get("/health/live").status_code == 200
+
+
 def test_readiness_is_degraded_without_redis(app_without_redis):
     started = time.monotonic()
     response = app_without_redis.test_client().get("/health")

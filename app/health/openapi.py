@@ -45,7 +45,7 @@ def paths() -> dict[str, dict[str, Any]]:
                         {"status": "ok", "checks": {"mongo": "ok", "redis": "ok"}},
                     ),
                     503: ok(
-                        "MongoDB is down (health keeps its own shape).",
+                        "MongoDB is down, or the process is draining before it stops (health keeps its own shape).",
                         ref("Health"),
                         {"status": "down", "checks": {"mongo": "unavailable", "redis": "ok"}},
                     ),
