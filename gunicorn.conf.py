@@ -67,14 +67,6 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def post_worker_init(worker: Any) -> None:
-    """In the worker, after a gevent worker patched the standard library: the cache's locks,
-    events and thread are made again (a ``--preload`` master made them unpatched)."""
-    from app.cache.shared import after_fork  # here, not at the top: see the module docstring
-
-    after_fork()
-
-
 def on_exit(server: Any) -> None:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if path and os.environ.get(OWN_DIR_MARK) == path:
@@ -160,7 +152,12 @@ def when_ready(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Give the app the drain flag, and close listeners as soon as a gthread worker stops accepting."""
+    """In the worker, once initialised (a gevent worker has patched the standard library): the
+    cache's locks, events and thread are made again (a ``--preload`` master made them unpatched);
+    the app gets the drain flag; a gthread worker closes its listeners as soon as it stops accepting."""
+    from app.cache.shared import after_fork  # here, not at the top: see the module docstring
+
+    after_fork()
     extensions = getattr(worker.wsgi, "extensions", None) or {}
     if "shutdown" in extensions:
         extensions["shutdown"].watch(draining)
@@ -178,11 +175,12 @@ def post_worker_init(worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Send the device cache's buffered counters before the worker is gone."""
+    """Send the shared cache's buffered counters (and remove its applied outbox records) before
+    the worker is gone."""
     extensions = getattr(getattr(worker, "wsgi", None), "extensions", None) or {}
-    if "device_cache" in extensions:
+    if "shared_cache" in extensions:
         with contextlib.suppress(Exception):
-            extensions["device_cache"].stop()
+            extensions["shared_cache"].stop()
 
 
 drain_seconds()  # a malformed value stops the master at start, with one line

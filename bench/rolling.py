@@ -178,7 +178,7 @@ def seed_key(settings: Mapping[str, Any]) -> str:
         response = app.test_client().post("/api/v1/api-keys", json=body, headers={"Authorization": f"Bearer {token}"})
         return response.get_json()["api_key"]
     finally:
-        app.extensions["device_cache"].stop()
+        app.extensions["shared_cache"].stop()
         app.extensions["mongo"].close()
 
 

@@ -100,7 +100,7 @@ def test_sigterm_under_load_drains_then_refuses_and_never_resets(app, client, li
     load = Load(replica.port, key["api_key"])
     try:
         assert wait_until(lambda: len(load.ok) >= 40, 20), replica.output()
-        counted_before = app.extensions["device_cache"].counters()
+        counted_before = app.extensions["shared_cache"].counters()
         load.t0 = time.monotonic()
         replica.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
@@ -125,7 +125,7 @@ def test_sigterm_under_load_drains_then_refuses_and_never_resets(app, client, li
 
     stored = {row["temp"] for row in stored_readings(app)}
     assert set(load.pushed) <= stored  # every 201 is in MongoDB
-    counted = app.extensions["device_cache"].counters()
+    counted = app.extensions["shared_cache"].counters()
     assert counted_before["hits"] + counted_before["misses"] == 0  # buffered in the replica until it stopped
     # and sent when it stopped: one device lookup per request served (a push looks up its key's device)
     assert counted["hits"] + counted["misses"] == len(load.ok)
