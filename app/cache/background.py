@@ -49,6 +49,7 @@ class Background:
             if self.started:
                 return
             self.started = True
+        self._next_flush = time.monotonic() + self.flush_interval  # nothing to send before then
         self.thread = threading.Thread(target=self._run, name="shared-cache", daemon=True)
         self.thread.start()
         self.cache.topology.watch()  # a Sentinel set's failover announcements (a no-op elsewhere)
