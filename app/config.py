@@ -229,6 +229,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("LOG_FORMAT", "text", choices=("text", "json")),
         # Dashboards (issue 16): browsers on these origins may call the API (app/cors.py).
         Setting("CORS_ORIGINS", "", _origins),
+        # Dashboards (issue 16): aggregated readings of ended buckets cached in Redis (app/readings/cache.py).
+        Setting("QUERY_CACHE_ENABLED", "true", bool),
+        Setting("QUERY_CACHE_TTL", "86400", int, gt=0),
     )
 }
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

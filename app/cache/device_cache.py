@@ -66,6 +66,7 @@ class Kind:
 
 DEVICE = Kind("device", SCHEMA_VERSION, hot=True)
 USER = Kind("user", 1)
+QUERY = Kind("query", 1)  # the readings query cache (app/readings/cache.py): counted apart as query_hits...
 REFRESH_BATCH = 200
 
 # Take the fill lock unless the value is already there: one round trip for both checks.

@@ -13,7 +13,7 @@ from typing import Any
 
 from redis import Redis
 
-from app.cache.device_cache import USER, DeviceCache
+from app.cache.device_cache import QUERY, USER, DeviceCache
 from app.errors import APIError
 from app.redis_topology import REDIS_ERRORS
 from app.timeutil import isoformat, parse_iso, utcnow_ms
@@ -159,6 +159,9 @@ def stats(dc: DeviceCache, stats_interval: int) -> dict[str, Any]:
         body["keys"]["count"] = count_keys(dc, client)
         body["lookups"]["device"] = {**dc.counters(), "scope": "all replicas"}
         body["lookups"]["user"] = {**dc.counters(USER), "scope": "all replicas"}  # verified bearer tokens
+        query = dc.counters(QUERY)  # readings chunks (app/readings/cache.py): never in the near cache
+        query.pop("l1_hits", None)
+        body["lookups"]["query"] = {**query, "scope": "all replicas"}
         body["collector"] = collector_state(dc, client, stats_interval)
     except (*REDIS_ERRORS, APIError) as exc:
         if not isinstance(exc, APIError):

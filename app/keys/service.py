@@ -11,6 +11,7 @@ from app.cache.device_cache import device_cache
 from app.db import KEYS
 from app.errors import APIError, not_found, validation_error
 from app.extensions import mongo
+from app.readings.cache import drop_members
 from app.timeutil import isoformat, utcnow_ms
 from app.validation import check_pair, reject_unknown
 
@@ -81,3 +82,6 @@ def delete_key(user: User, key_id: str) -> None:
         raise not_found("unknown API key")
     stale = [(doc["device_id"], doc["device_name"]), *chain_pairs(user.user_id, doc["device_name"])]
     device_cache().invalidate(stale)
+    # The pair's last key (one key per pair): its cached readings chunks go too. They are keyed by
+    # owner, so a later owner could not read them anyway; this frees them now.
+    drop_members({(user.user_id, doc["device_id"], doc["device_name"])})
