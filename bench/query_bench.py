@@ -1,0 +1,187 @@
+"""Readings query cache (issue 16 §1): dashboard queries cached vs ``QUERY_CACHE_ENABLED=false``.
+
+One run, same settings: a device whose chain (two ids, the second replacing the first half-way)
+holds 7 days of ``temp`` readings a minute apart; two gunicorn masters (``-w 2 -k gevent``) of
+``wsgi:app`` on the same redis-server and SecantusDB, one with the query cache, one without.
+Measured with wrk: the dashboard's default query (last 24 h, 30-minute buckets, ``avg``), 7 days
+at 60-minute buckets, and the warm device lookup route of the same device; then the Redis memory
+one device, one measurement, one resolution takes per day of buckets.
+
+    python -m bench.query_bench          # about 3 minutes; writes its section of docs/BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
+from urllib.request import urlopen
+
+import redis
+
+from bench.common import GUNICORN_SETTINGS, PREFIX, Servers, bench_env, cpu_model, versions
+from bench.load import CpuMeter, LoadGen, find_loadgen, wait_for_quiet
+from bench.sections import publish
+from devstack.processes import signals_exit
+from devstack.web import start_gunicorn
+
+NAME = "Bench Room"
+CHAIN = ("bench-a", "bench-b")
+DAYS = 7
+SECTION = "## Readings query cache (issue 16)"
+
+
+def seed(env: dict) -> None:
+    """The chain and its week of readings, written by the service's own code (in process)."""
+    from app import create_app
+    from app.db import READINGS
+    from app.extensions import mongo
+    from app.keys.service import create_key
+    from app.readings.cache import drop_members
+    from app.users.service import add_user
+
+    app = create_app(
+        {
+            "MONGO_URI": env["MONGO_URI"],
+            "REDIS_URL": env["REDIS_URL"],
+            "CACHE_KEY_PREFIX": env["CACHE_KEY_PREFIX"],
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    with app.app_context():
+        user, _ = add_user("bench", admin=False)
+        for device_id in CHAIN:
+            create_key(user, {"device_id": device_id, "device_name": NAME, "description": "", "private": False})
+        now = datetime.now(UTC).replace(microsecond=0)
+        minutes = DAYS * 24 * 60
+        docs = []
+        for step in range(minutes):
+            device_id = CHAIN[0] if step >= minutes // 2 else CHAIN[1]  # the older half from the first id
+            meta = {"device_id": device_id, "device_name": NAME, "owner_id": user.user_id}
+            at = now - timedelta(minutes=step)
+            docs.append({"timestamp": at, "meta": meta, "temp": 20 + (step % 97) / 10})
+        mongo.db[READINGS].insert_many(docs, ordered=False)
+        drop_members({(user.user_id, device_id, NAME) for device_id in CHAIN})
+        app.extensions["device_cache"].stop()
+
+
+def measure(load: LoadGen, url: str, duration: float, rounds: int, connections: int) -> dict:
+    load.connections = connections
+    load.run(url, 2)  # warm-up: fills the chunks, the lookup
+    runs = [load.run(url, duration) for _ in range(rounds)]
+    return {
+        "rps": statistics.median(r["rps"] for r in runs),
+        "p50": statistics.median(r["p50_us"] for r in runs) / 1000,
+        "non2xx": sum(r["non2xx"] for r in runs),
+        "others": max(r["others"] for r in runs),
+        "connections": connections,
+    }
+
+
+def memory_per_day(client: redis.Redis) -> dict[int, float]:
+    """Bytes (Redis ``MEMORY USAGE``, key and value) per day of buckets, by resolution, for one chain member."""
+    out: dict[int, float] = {}
+    for resolution in (30, 60):
+        keys = list(client.scan_iter(match=f"{PREFIX}query:*|{CHAIN[0]}|{NAME}}}:temp:n:{resolution}:*", count=1000))
+        if not keys:
+            continue
+        used = sum(client.memory_usage(key) or 0 for key in keys)
+        buckets = 64 * len(keys)
+        out[resolution] = used / buckets * (1440 / resolution)
+    return out
+
+
+def report(results: dict, memory: dict[int, float], load: LoadGen, args: argparse.Namespace) -> str:
+    def ratio(a: str, b: str) -> float:
+        return results[a]["rps"] / results[b]["rps"] if results[b]["rps"] else float("nan")
+
+    lines = [
+        SECTION,
+        "",
+        f"`python -m bench.query_bench` ({datetime.now(UTC):%Y-%m-%d}; {cpu_model()}, 2 cores shared with other work).",
+        f"A chain of two ids holding {DAYS} days of `temp` readings a minute apart; gunicorn `-w 2 -k gevent` of",
+        "`wsgi:app` on SecantusDB and redis-server; "
+        + load.describe().replace(f"-c{load.connections}", "-c<n>")
+        + f", {args.rounds} rounds of {args.duration:g} s per variant (medians).",
+        "",
+        "| variant | connections | req/s | p50 ms | non-2xx | other processes' CPU |",
+        "|---|---|---|---|---|---|",
+    ]
+    labels = {
+        "dash": "dashboard query (24 h, 30-min buckets, avg), cached",
+        "dash_off": "the same, `QUERY_CACHE_ENABLED=false`",
+        "week": "7 days at 60-min buckets, cached",
+        "week_off": "the same, `QUERY_CACHE_ENABLED=false`",
+        "lookup": "warm device lookup route (same device)",
+    }
+    for name, label in labels.items():
+        r = results[name]
+        row = (label, r["connections"], f"{r['rps']:.1f}", f"{r['p50']:.1f}", r["non2xx"], f"{r['others']:.0%}")
+        lines.append("| " + " | ".join(map(str, row)) + " |")
+    mem = ", ".join(f"{int(b):,} B at {res}-minute buckets" for res, b in memory.items()) or "n/a"
+    lines += [
+        "",
+        "| figure | goal | measured |",
+        "|---|---|---|",
+        f"| dashboard query cached vs off | ≥ 20× req/s | {ratio('dash', 'dash_off'):.1f}× |",
+        f"| 7 days at 60-min buckets cached vs off | ≥ 20× req/s | {ratio('week', 'week_off'):.1f}× |",
+        f"| cached dashboard query vs warm lookup route | ≥ 0.5× req/s | {ratio('dash', 'lookup'):.2f}× |",
+        f"| Redis memory, one device, one measurement, one resolution, one day | stated | {mem} |",
+        "",
+        "The uncached variants run with few connections: each of their requests is a SecantusDB aggregation",
+        "of a whole range (hundreds of ms, CPU-bound), and more connections only queue past wrk's 2 s timeout.",
+        "A cached query still makes one MongoDB query for its fresh edge (the range's partial first bucket, the",
+        "open bucket and the last two minutes, which are never cached): the lookup-route goal is not reached",
+        "that way. SecantusDB takes an index only for a `$match` on the index's own fields (`meta.device_id`",
+        "as an equality, `meta.device_name`, `timestamp`), not for `$in` or `$or`, so a chain of two ids scans",
+        "the collection even for a few minutes of readings; MongoDB proper uses the index for both.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=8)
+    parser.add_argument("--connections", type=int, default=16, help="for the cached variants and the lookup")
+    parser.add_argument("--uncached-connections", type=int, default=2)
+    parser.add_argument("--quiet-wait", type=float, default=20)
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    with signals_exit(), Servers("query-bench-") as servers:
+        env = bench_env(servers.redis, servers.mongo_port)
+        seed(env)
+        group, workdir = servers.group, servers.workdir
+        _, cached = start_gunicorn(group, "cached", GUNICORN_SETTINGS, env, workdir / "cached.log", health="/health")
+        off_env = {**env, "QUERY_CACHE_ENABLED": "false"}
+        _, off = start_gunicorn(group, "off", GUNICORN_SETTINGS, off_env, workdir / "off.log", health="/health")
+        meter = CpuMeter(group, servers.redis)
+        load = LoadGen(find_loadgen("auto"), 2, args.connections, workdir, meter)
+        path = f"/api/v1/devices/{quote(CHAIN[1])}/{quote(NAME)}"
+        week_start = (datetime.now(UTC) - timedelta(days=DAYS)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        dash, week = f"{path}/readings/temp?resolution=30", f"{path}/readings/temp?resolution=60&start={week_start}"
+        for base in (cached, off):
+            urlopen(base + dash, timeout=30).read()  # raises on an error status
+        wait_for_quiet(meter, args.quiet_wait)
+        results = {}
+        plan = [
+            ("dash", cached + dash, args.connections),
+            ("dash_off", off + dash, args.uncached_connections),
+            ("week", cached + week, args.connections),
+            ("week_off", off + week, args.uncached_connections),
+            ("lookup", cached + path, args.connections),
+        ]
+        for name, url, connections in plan:
+            started = time.monotonic()
+            results[name] = measure(load, url, args.duration, args.rounds, connections)
+            print(f"{name}: {results[name]['rps']:.1f} req/s ({time.monotonic() - started:.0f} s)", flush=True)
+        memory = memory_per_day(redis.Redis.from_url(env["REDIS_URL"]))
+    publish(report(results, memory, load, args), write=not args.no_docs)
+
+
+if __name__ == "__main__":
+    main()
