@@ -65,7 +65,13 @@ def seed(env: dict) -> None:
             meta = {"device_id": device_id, "device_name": NAME, "owner_id": user.user_id}
             at = now - timedelta(minutes=step)
             docs.append({"timestamp": at, "meta": meta, "temp": 20 + (step % 97) / 10})
-            docs.append({"timestamp": at, "meta": {**meta, "device_id": SOLO, "device_name": SOLO_NAME}, "temp": 20 + (step % 97) / 10})
+            docs.append(
+                {
+                    "timestamp": at,
+                    "meta": {**meta, "device_id": SOLO, "device_name": SOLO_NAME},
+                    "temp": 20 + (step % 97) / 10,
+                }
+            )
         for begin in range(0, len(docs), 1000):
             mongo.db[READINGS].insert_many(docs[begin : begin + 1000], ordered=False)
         drop_members({(user.user_id, device_id, NAME) for device_id in CHAIN} | {(user.user_id, SOLO, SOLO_NAME)})
