@@ -16,6 +16,7 @@ from app.db import READINGS, ensure_schema
 from app.errors import APIError, fails_in_one_line
 from app.extensions import mongo
 from app.keys.service import create_key
+from app.readings.cache import drop_members
 from app.timeutil import utcnow_ms
 from app.users.service import add_user, find_user
 
@@ -126,5 +127,6 @@ def push_demo_readings(user: User, devices: list[dict[str, Any]], days: int, int
                 batch.append({"timestamp": at, "meta": meta, **demo_values(rng, at.hour + at.minute / 60)})
             if batch:
                 mongo.db[READINGS].insert_many(batch, ordered=False)
+                drop_members({(user.user_id, device["device_id"], device["device_name"])})  # past buckets changed
                 total += len(batch)
     return total

@@ -235,6 +235,9 @@ SETTINGS: dict[str, Setting] = {
         # Stopping (issue 14): after SIGTERM, readiness answers 503 this long before gunicorn stops
         # accepting (gunicorn.conf.py reads it in the master; the same default).
         Setting("SHUTDOWN_DRAIN_SECONDS", "5", float, ge=0),
+        # Dashboards (issue 16): aggregated readings of ended buckets cached in Redis (app/readings/cache.py).
+        Setting("QUERY_CACHE_ENABLED", "true", bool),
+        Setting("QUERY_CACHE_TTL", "86400", int, gt=0),
     )
 }
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -87,8 +87,8 @@ cache_breaker_open = Gauge(
 )
 
 CACHE = "device"  # the device lookups; the label value of the breaker and errors
-CACHES = ("device", "user")  # the kinds of lookup the cache holds (a verified token's user)
-# SharedCache._count's event names -> the counter and the labels (after ``cache``) it increments.
+CACHES = ("device", "user", "query")  # the kinds of lookup the cache holds (a verified token's user, readings chunks)
+# SharedCache.count's event names -> the counter and the labels (after ``cache``) it increments.
 CACHE_EVENTS: dict[str, tuple[Counter, tuple[str, ...]]] = {
     "hits": (cache_gets, ("hit",)),
     "misses": (cache_gets, ("miss",)),

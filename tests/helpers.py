@@ -55,11 +55,15 @@ def utc(*args: int) -> datetime:
 def insert_readings(
     app: Flask, device_id: str, device_name: str, owner_id: str, rows: Iterable[tuple[datetime, dict[str, Any]]]
 ) -> None:
-    """Store readings with chosen timestamps straight into MongoDB, in the shape a push stores."""
+    """Store readings with chosen timestamps straight into MongoDB, in the shape a push stores,
+    and drop the pair's cached readings chunks (as every writer into ended buckets must)."""
+    from app.readings.cache import drop_members
+
     meta = {"device_id": device_id, "device_name": device_name, "owner_id": owner_id}
     docs = [{"timestamp": at, "meta": meta, **values} for at, values in rows]
     with app.app_context():
         app.extensions["mongo"].db["readings"].insert_many(docs)
+        drop_members({(owner_id, device_id, device_name)})
 
 
 def stored_readings(app: Flask) -> list[dict[str, Any]]:

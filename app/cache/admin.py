@@ -14,7 +14,7 @@ from typing import Any
 from redis import Redis
 
 from app.cache.outbox import Record
-from app.cache.shared import USER, SharedCache
+from app.cache.shared import QUERY, USER, SharedCache
 from app.errors import APIError
 from app.redis_topology import REDIS_ERRORS
 from app.timeutil import isoformat, parse_iso, utcnow_ms
@@ -185,6 +185,9 @@ def stats(dc: SharedCache, stats_interval: int) -> dict[str, Any]:
         body["keys"]["count"] = count_keys(dc, client)
         body["lookups"]["device"] = {**dc.counters(), "scope": "all replicas"}
         body["lookups"]["user"] = {**dc.counters(USER), "scope": "all replicas"}  # verified bearer tokens
+        query = dc.counters(QUERY)  # readings chunks (app/readings/cache.py): never in the near cache
+        query.pop("l1_hits", None)
+        body["lookups"]["query"] = {**query, "scope": "all replicas"}
         body["collector"] = collector_state(dc, client, stats_interval)
     except (*REDIS_ERRORS, APIError) as exc:
         if not isinstance(exc, APIError):

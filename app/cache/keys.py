@@ -4,6 +4,9 @@ Under ``CACHE_KEY_PREFIX`` (what ``/cache/clear`` and ``/cache/invalidate`` walk
   ``device:<device_id>|<device_name>``               a lookup (the spec's patterns match it)
   ``lock:{<prefix>device:<device_id>|<device_name>}`` its fill lock
   ``user:<user_id>``                                  a verified token's user (and its fill lock)
+  ``query:{<owner>|<device_id>|<device_name>}:gen``   a chain member's generation of cached readings chunks
+  ``query:{<owner>|<device_id>|<device_name>}:<measurement>:<family>:<resolution>:<chunk>``
+                                                      one chunk of bucket partials (``app/readings/cache.py``)
 Bookkeeping, beside the prefix so ``/cache/clear`` keeps it (``meta:{<prefix>}…``):
   ``stats:device``, ``hot:device``, ``hot:decayed_at``, ``stats:history``, ``flushed:<token>``,
   ``collector:last_run``, ``warmer:last_run``, ``lock:warm``, ``lock:stats``; and the
@@ -26,6 +29,21 @@ def device_key(device_id: str, device_name: str) -> str:
 def user_key(user_id: str) -> str:
     """A verified token's user (never the token: its id part, which is not a secret)."""
     return f"user:{user_id}"
+
+
+def query_member(owner_id: str, device_id: str, device_name: str) -> str:
+    """A chain member's readings-cache keys share one hash tag (one Cluster slot: one script)."""
+    return f"query:{{{owner_id}|{device_id}|{device_name}}}"
+
+
+def query_gen_key(owner_id: str, device_id: str, device_name: str) -> str:
+    return query_member(owner_id, device_id, device_name) + ":gen"
+
+
+def query_chunk_key(
+    owner_id: str, device_id: str, device_name: str, measurement: str, family: str, resolution: int, chunk: int
+) -> str:
+    return f"{query_member(owner_id, device_id, device_name)}:{measurement}:{family}:{resolution}:{chunk}"
 
 
 def pair_of(key: str) -> Pair:

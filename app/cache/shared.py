@@ -45,6 +45,7 @@ from app.redis_topology import OUTAGE_ERRORS, REDIS_ERRORS, Topology, client_opt
 # A verified bearer token's user (``app/auth.py``). An unknown user id (a well-formed token made
 # up) is not kept: random ids would each cost a Redis entry.
 USER = Kind("user", 1, keep_missing=False)
+QUERY = Kind("query", 1)  # the readings query cache (app/readings/cache.py): counted apart as query_hits...
 
 
 @dataclass(frozen=True)

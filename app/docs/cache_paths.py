@@ -31,7 +31,8 @@ def stats_schema() -> Schema:
                 ["prefix", "count"],
                 closed=False,
             ),
-            "lookups": obj({"device": lookups}, ["device"], closed=False),
+            # query: the readings query cache's chunks (issue 16), present while Redis answers.
+            "lookups": obj({"device": lookups, "query": lookups}, ["device"], closed=False),
             "collector": obj(
                 {"last_run": {"type": ["string", "null"], "format": "date-time"}}, ["last_run"], closed=False
             ),

@@ -13,7 +13,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from app.auth import KEY_PREFIX, User, hash_secret, mask, new_secret
-from app.cache.keys import device_key
+from app.cache.keys import device_key, query_gen_key
 from app.cache.shared import shared_cache
 from app.db import KEYS
 from app.errors import APIError, not_found, validation_error
@@ -83,8 +83,10 @@ def delete_key(user: User, key_id: str) -> None:
     doc = mongo.db[KEYS].find_one({"key_id": key_id, "owner_id": user.user_id}, {"device_id": 1, "device_name": 1})
     if doc is not None:
         pair = device_key(doc["device_id"], doc["device_name"])
-        # The pair and every pair left in its chain are stale once the key is gone.
-        with cache.change([pair], [(user.user_id, doc["device_name"])], scope=[_scope(user)]):
+        # The pair and every pair left in its chain are stale once the key is gone; so are the pair's
+        # cached readings chunks (keyed by owner, a later owner could not read them anyway: this frees them).
+        chunks = query_gen_key(user.user_id, doc["device_id"], doc["device_name"])
+        with cache.change([pair, chunks], [(user.user_id, doc["device_name"])], scope=[_scope(user)]):
             doc = mongo.db[KEYS].find_one_and_delete({"key_id": key_id, "owner_id": user.user_id})
     if doc is None:
         cache.settle(_scope(user))  # a retry: what the first attempt replaced stays replaced

@@ -8,6 +8,7 @@ from typing import Any
 
 from app.db import READINGS
 from app.extensions import mongo
+from app.readings.cache import Rows, cached_rows
 from app.readings.schema import MEASUREMENTS, from_celsius
 from app.timeutil import isoformat, utcnow_ms
 
@@ -83,19 +84,29 @@ def _pipeline(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> li
     ]
 
 
-def query_readings(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> dict[str, Any]:
+def aggregate_rows(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> Rows:
+    """The uncached answer: total buckets and this page's (bucket ms, value, count), VPD's value (temp, rh)."""
     result = next(mongo.db[READINGS].aggregate(_pipeline(device, measurement, q)), {"total": [], "items": []})
     total = result["total"][0]["n"] if result["total"] else 0
+    rows = [
+        (b["_id"], (b["temp"], b["rh"]) if measurement == "vpd" else b["value"], b["count"]) for b in result["items"]
+    ]
+    return total, rows
+
+
+def query_readings(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> dict[str, Any]:
+    """The same answer from the query cache (app/readings/cache.py) or, when it cannot serve, MongoDB."""
+    total, rows = cached_rows(device, measurement, q) or aggregate_rows(device, measurement, q)
     items = []
-    for bucket in result["items"]:
+    for bucket_ms, raw, count in rows:
         if measurement == "vpd":
-            value: Any = vpd_kpa(bucket["temp"], bucket["rh"])
+            value: Any = vpd_kpa(*raw)
         elif measurement == "temp":
-            value = from_celsius(bucket["value"], q["unit"])
+            value = from_celsius(raw, q["unit"])
         else:
-            value = bucket["value"]
-        stamp = datetime.fromtimestamp(bucket["_id"] / 1000, UTC)
-        items.append({"timestamp": isoformat(stamp), "value": value, "count": bucket["count"]})
+            value = raw
+        stamp = datetime.fromtimestamp(bucket_ms / 1000, UTC)
+        items.append({"timestamp": isoformat(stamp), "value": value, "count": count})
     body: dict[str, Any] = {
         "device": {
             "device_id": device["device_id"],

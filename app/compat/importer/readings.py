@@ -23,6 +23,7 @@ from app.compat.importer.report import Report
 from app.compat.protocol import readings_from_freetier
 from app.db import IMPORTS, READINGS
 from app.errors import APIError
+from app.readings.cache import drop_members
 from app.readings.schema import parse_readings
 from app.timeutil import utcnow_ms
 
@@ -126,6 +127,8 @@ class ReadingsImport:
         self.target[IMPORTS].update_one({"_id": checkpoint_id}, {"$set": {"pending_through": last}}, upsert=True)
         if docs:
             self.target[READINGS].insert_many(docs, ordered=False)
+            # Readings in ended buckets: their cached chunks are dropped before the batch counts as done.
+            drop_members({(d["meta"]["owner_id"], d["meta"]["device_id"], d["meta"]["device_name"]) for d in docs})
         self._mark_done(checkpoint_id, last, len(docs))
 
     def _mark_done(self, checkpoint_id: str, last: ObjectId, imported: int) -> None:
