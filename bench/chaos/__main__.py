@@ -16,10 +16,7 @@ from bench.chaos.run import SECTION, Result, doc_row, run_chaos, summary
 from bench.sections import DOC, write_report
 from devstack.processes import signals_exit
 
-HEADER = (
-    "| topology | seed | minutes | ops | faults | stale | lost | unexpected |\n"
-    "|---|---|---|---|---|---|---|---|"
-)
+HEADER = "| topology | seed | minutes | ops | faults | stale | lost | unexpected |\n|---|---|---|---|---|---|---|---|"
 
 
 def report_text(result: Result, doc: Path = DOC) -> str:
@@ -35,10 +32,11 @@ def report_text(result: Result, doc: Path = DOC) -> str:
     order = [t for t in ("standalone", "sentinel", "cluster") if t in rows]
     return "\n".join([
         SECTION, "",
-        "`python -m bench.chaos --seed N --minutes M --topology T` (bench/README.md): two gunicorn replicas on fresh "
-        "connections (keys created and deleted, `users rotate-token`, pushes of unique values, lookups, readings reads) "
-        "while a nemesis injects one fault at a time; the history is checked for stale reads, lost writes (MongoDB read "
-        f"directly after healing) and unexpected statuses (a 503 counts only during a fault or {RECOVERY_MARGIN:g} s after it).",
+        "`python -m bench.chaos --seed N --minutes M --topology T` (bench/README.md): two gunicorn replicas on "
+        "fresh connections (keys created and deleted, `users rotate-token`, pushes of unique values, lookups, "
+        "readings reads) while a nemesis injects one fault at a time; the history is checked for stale reads, "
+        "lost writes (MongoDB read directly after healing) and unexpected statuses (a 503 is expected only "
+        f"during a fault or {RECOVERY_MARGIN:g} s after it).",
         "", HEADER, *(rows[t] for t in order), "",
         f"Last run: {result.topology}, {dt.date.today().isoformat()}.",
     ])  # fmt: skip

@@ -99,7 +99,8 @@ def check_lookups(ops: list[Op], lines: dict, t0: float) -> list[str]:
             state, change = lines[other].state(op.start, op.end)
             shown = device_id in op.resp["chain"]
             if (state == PRESENT and not shown) or (state == ABSENT and shown and change is not None):
-                found.append(f"chain shows {device_id} {'in' if shown else 'out'}: {describe(op, t0)} after #{change.id}")
+                where = "in" if shown else "out"
+                found.append(f"chain shows {device_id} {where}: {describe(op, t0)} after #{change.id}")
     return found
 
 
@@ -149,9 +150,9 @@ def check_tokens(ops: list[Op], t0: float) -> list[str]:
             if replaced:
                 found.append(f"old token accepted: {describe(op, t0)} after rotate #{replaced[0].id}")
         else:
-            before = [r for r in mine if r.start < op.end]
-            if before and before[-1].status == 200 and before[-1].resp.get("token") == token and before[-1].end < op.start:
-                found.append(f"new token refused: {describe(op, t0)} after rotate #{before[-1].id}")
+            last = [r for r in mine if r.start < op.end][-1:]
+            if last and last[0].status == 200 and last[0].resp.get("token") == token and last[0].end < op.start:
+                found.append(f"new token refused: {describe(op, t0)} after rotate #{last[0].id}")
     return found
 
 

@@ -62,7 +62,7 @@ class Stack:
         if self.broker:
             self.broker.start()
         self.mongo_proc, self.mongo_port = start_secantusd(
-            self.group, self.workdir / "mongo", self.workdir / "secantusd.log"
+            self.group, self.workdir / "mongo", self.workdir / "secantusd.log", extra=("--enable-test-commands",)
         )
         for n in range(self.n_replicas):
             url = None

@@ -14,7 +14,6 @@ import http.client
 import itertools
 import json
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -43,6 +42,13 @@ class Pair:
     key: str | None = None
     key_id: str | None = None
     known: bool = True  # False: the last change's outcome is unknown (resolved by listing keys)
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return self.device_id, self.device_name
+
+    def ident(self) -> dict[str, str]:
+        return {"device_id": self.device_id, "device_name": self.device_name}
 
 
 @dataclass
@@ -82,7 +88,7 @@ class Client:
             raw = response.read()
         except ConnectionRefusedError:
             return self.history.finish(op, None, error="refused")
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return self.history.finish(op, None, error="timeout")
         except (OSError, http.client.HTTPException) as exc:
             return self.history.finish(op, None, error=f"reset ({exc.__class__.__name__})")
@@ -128,7 +134,7 @@ class UserThread(threading.Thread):
         elif pair.key_id is None:
             body = {"device_id": pair.device_id, "device_name": pair.device_name, "private": pair.private}
             op = self.client.call("create_key", "POST", "/api/v1/api-keys", body, bearer(user.token),
-                                  user=user.name, token=fp, device_id=pair.device_id, device_name=pair.device_name)  # fmt: skip
+                                  user=user.name, token=fp, **pair.ident())  # fmt: skip
             if op.status == 201:
                 pair.key, pair.key_id = op.resp.pop("api_key"), op.resp["key_id"]
                 op.resp = {"key_id": pair.key_id, "masked": op.resp.get("masked")}
@@ -154,7 +160,7 @@ class UserThread(threading.Thread):
                               user=self.user.name, token=fingerprint(self.user.token))  # fmt: skip
         if op.status != 200:
             return
-        keys = [k for k in op.resp.get("keys", []) if (k["device_id"], k["device_name"]) == (pair.device_id, pair.device_name)]
+        keys = [k for k in op.resp.get("keys", []) if (k["device_id"], k["device_name"]) == pair.pair]
         op.resp = {"keys": len(op.resp.get("keys", []))}
         if keys:
             self.delete(pair, keys[0]["key_id"])  # its secret is unknown (or kept): start again
@@ -210,8 +216,8 @@ class ReaderThread(threading.Thread):
             return
         value = float(next(self.w.values))
         body = {"device_id": pair.device_id, "device_name": pair.device_name, "readings": {"temp": value}}
-        self.client.call("push", "POST", "/api/v1/readings", body, {"X-API-Key": key},
-                         device_id=pair.device_id, device_name=pair.device_name, key_id=key_id, value=value)  # fmt: skip
+        self.client.call("push", "POST", "/api/v1/readings", body, {"X-API-Key": key}, key_id=key_id, value=value,
+                         **pair.ident())  # fmt: skip
 
     def push_deleted(self) -> None:
         if self.w.deleted:
@@ -239,19 +245,23 @@ class ReaderThread(threading.Thread):
         op = self.client.call("readings", "GET", device_path(pair) + "/readings/temp" + query, None, headers,
                               auth=auth, device_id=pair.device_id, device_name=pair.device_name)  # fmt: skip
         if op.status == 200:
-            op.resp = {"count": sum(item["count"] for item in op.resp.get("items", [])), "chain": op.resp["device"]["chain"]}
+            count = sum(item["count"] for item in op.resp.get("items", []))
+            op.resp = {"count": count, "chain": op.resp["device"]["chain"]}
 
     def probe(self) -> None:
         user = self.rng.choice(self.w.users)
         token = self.rng.choice(user.old_tokens) if user.old_tokens and self.rng.random() < 0.5 else user.token
-        op = self.client.call("bearer", "GET", "/api/v1/api-keys", None, bearer(token), user=user.name, token=fingerprint(token))
+        op = self.client.call("bearer", "GET", "/api/v1/api-keys", None, bearer(token),
+                              user=user.name, token=fingerprint(token))  # fmt: skip
         op.resp = {"keys": len(op.resp.get("keys", []))} if op.status == 200 else op.resp
 
 
 class Workload:
     """Two user threads and ``readers`` reader threads, until ``stop()``."""
 
-    def __init__(self, history: History, bases: list[str], users: list[User], cli_env: dict, seed: int, readers: int = 3) -> None:
+    def __init__(
+        self, history: History, bases: list[str], users: list[User], cli_env: dict, seed: int, readers: int = 3
+    ) -> None:
         self.history, self.bases, self.users, self.cli_env = history, bases, users, cli_env
         self.halt = threading.Event()
         self.deleted: list[tuple[Pair, str, str]] = []  # (pair, key, key_id) of keys deleted
