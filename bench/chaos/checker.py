@@ -94,7 +94,7 @@ def check_lookups(ops: list[Op], lines: dict, t0: float) -> list[str]:
             found.append(f"found after its last key's delete answered: {describe(op, t0)} {why}")
         if op.status != 200 or "chain" not in op.resp:
             continue
-        for device_id in sorted(chains[owner_of[op.pair], op.pair[1]]):
+        for device_id in sorted(chains[owner_of[op.pair], op.pair[1]] - {op.pair[0]}):  # itself: judged above
             other = (device_id, op.pair[1])
             state, change = lines[other].state(op.start, op.end)
             shown = device_id in op.resp["chain"]
