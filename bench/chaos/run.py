@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.chaos.checker import RECOVERY_MARGIN, Report, check
-from bench.chaos.history import History
+from bench.chaos.history import Fault, History, Op
 from bench.chaos.nemesis import Nemesis
 from bench.chaos.stack import Stack
 from bench.chaos.workload import User, Workload, plan_pairs
@@ -77,6 +78,7 @@ def summary(result: Result) -> str:
         "statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(result.statuses().items())),
         f"stale {len(r.stale)}, lost {len(r.lost)}, unexpected {len(r.unexpected)}",
     ]
+    lines += [f"  {count} x {what}" for what, count in by_fault(result).most_common()]
     for name, found in (("stale", r.stale), ("lost", r.lost), ("unexpected", r.unexpected)):
         for line in found[:SHOWN]:
             lines.append(f"  {name}: {line} {fault_context(result, line)}")
@@ -85,16 +87,37 @@ def summary(result: Result) -> str:
     return "\n".join(lines)
 
 
+def ops_of(result: Result, line: str) -> list[Op]:
+    """The ops a violation names (``#id``): the read, and the change it came after if any."""
+    ids = {int(m) for m in re.findall(r"#(\d+)", line)}
+    return [o for o in result.history.ops if o.id in ids]
+
+
+def faults_around(result: Result, line: str) -> list[Fault]:
+    """Faults active (or healed within the margin) between the change's start and the read's end."""
+    ops = ops_of(result, line)
+    start, end = min(o.start for o in ops), max(o.end for o in ops)
+    return [f for f in result.history.faults if f.start <= end and start <= f.end + RECOVERY_MARGIN]
+
+
 def fault_context(result: Result, line: str) -> str:
-    """The faults active (or healed within the margin) around a violation's op, by its id."""
-    op_id = int(line.split("#", 1)[1].split(" ", 1)[0])
-    op = next(o for o in result.history.ops if o.id == op_id)
     near = [
         f"{f.kind}{'' if f.replica is None else f' r{f.replica}'}@{f.start - result.t0:.1f}-{f.end - result.t0:.1f}"
-        for f in result.history.faults
-        if f.start - 15 <= op.end and op.start <= f.end + 15
+        for f in faults_around(result, line)
     ]
-    return f"[faults within 15s: {', '.join(near) or 'none'}]"
+    return f"[faults: {', '.join(near) or 'none'}]"
+
+
+def by_fault(result: Result) -> Counter:
+    """Violations counted by their kind (the text before the first colon) and the faults around them."""
+    r = result.report
+    counts: Counter = Counter()
+    for name, found in (("stale", r.stale), ("lost", r.lost), ("unexpected", r.unexpected)):
+        for line in found:
+            faults = "+".join(sorted({f.kind for f in faults_around(result, line)})) or "no fault"
+            what = re.sub(r"\bd\d+\b", "<id>", line.split(":", 1)[0])
+            counts[f"{name}: {what} | {faults}"] += 1
+    return counts
 
 
 def doc_row(result: Result) -> str:
