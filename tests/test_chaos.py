@@ -4,12 +4,14 @@ synthetic history, accepts the linearizable ones, and a 60-second run on standal
 from __future__ import annotations
 
 import itertools
+import socket
 
 import pytest
 
 from bench.chaos.checker import RECOVERY_MARGIN, check
 from bench.chaos.history import Fault, History, Op
 from bench.chaos.run import run_chaos, summary
+from devstack.proxy import TcpProxy
 
 PAIR = {"device_id": "d1", "device_name": "room"}
 _ids = itertools.count(1)
@@ -139,3 +141,26 @@ def test_sixty_seconds_of_chaos_on_standalone_is_clean(capsys):
     assert result.ops > 500 and sum(result.faults.values()) >= 5, text
     assert not result.nemesis_failures, text
     assert (len(result.report.stale), len(result.report.lost), len(result.report.unexpected)) == (0, 0, 0), text
+
+
+def test_proxy_cut_resets_connections_and_refuses_new_ones_until_healed(redis_server):
+    proxy = TcpProxy(redis_server.port)
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as conn:
+            conn.sendall(b"PING\r\n")
+            assert conn.recv(100) == b"+PONG\r\n"
+            proxy.cut(30)
+            with pytest.raises(OSError):
+                conn.sendall(b"PING\r\n")
+                if not conn.recv(100):
+                    raise ConnectionResetError
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as conn, pytest.raises(OSError):
+            conn.sendall(b"PING\r\n")
+            if not conn.recv(100):
+                raise ConnectionResetError
+        proxy.heal()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as conn:
+            conn.sendall(b"PING\r\n")
+            assert conn.recv(100) == b"+PONG\r\n"
+    finally:
+        proxy.close()
