@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from bench.chaos.checker import RECOVERY_MARGIN
-from bench.chaos.run import SECTION, Result, doc_row, run_chaos, summary
+from bench.chaos.run import SECTION, Result, by_fault, doc_row, run_chaos, summary
 from bench.sections import DOC, write_report
 from devstack.processes import signals_exit
 
@@ -38,7 +38,8 @@ def report_text(result: Result, doc: Path = DOC) -> str:
         "lost writes (MongoDB read directly after healing) and unexpected statuses (a 503 is expected only "
         f"during a fault or {RECOVERY_MARGIN:g} s after it).",
         "", HEADER, *(rows[t] for t in order), "",
-        f"Last run: {result.topology}, {dt.date.today().isoformat()}.",
+        f"Last run: {result.topology}, {dt.date.today().isoformat()}."
+        + "".join(f"\n- {n} x {what}" for what, n in by_fault(result).most_common(8)),
     ])  # fmt: skip
 
 
