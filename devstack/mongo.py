@@ -71,14 +71,19 @@ def secantusd_binary() -> str:
     return shutil.which("secantusd-py") or str(Path(sys.executable).with_name("secantusd-py"))
 
 
-def secantusd_argv(port: int, storage: Path) -> list[str]:
+def secantusd_argv(port: int, storage: Path, *extra: str) -> list[str]:
     return [secantusd_binary(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage),
-            "--log-level", "WARNING"]  # fmt: skip
+            "--log-level", "WARNING", *extra]  # fmt: skip
 
 
-def start_secantusd(group: Group, storage: Path, log_path: Path, seconds: float = 30) -> tuple[subprocess.Popen, int]:
-    """``secantusd-py`` on a free port, its data in ``storage``; returns once it answers ``ping``."""
+def start_secantusd(
+    group: Group, storage: Path, log_path: Path, seconds: float = 30, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, int]:
+    """``secantusd-py`` on a free port, its data in ``storage``; returns once it answers ``ping``.
+
+    ``extra``: more options (``--enable-test-commands`` for ``configureFailPoint``).
+    """
     port = free_port()
-    proc = group.start("secantusd", secantusd_argv(port, storage), log_path)
+    proc = group.start("secantusd", secantusd_argv(port, storage, *extra), log_path)
     wait_started(proc, lambda: mongo_ping(f"mongodb://127.0.0.1:{port}/"), seconds, "SecantusDB")
     return proc, port
