@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from devstack.ports import free_port
-from devstack.processes import spawn, stop_process, wait_started
+from devstack.processes import Server, spawn, wait_started
 from devstack.wait import wait_until
 
 CONFIG = """\
@@ -50,7 +50,7 @@ backend replicas
 """
 
 
-class HAProxy:
+class HAProxy(Server):
     """``haproxy -db -f <config>`` (foreground) in ``workdir``; ``start()`` returns once it answers."""
 
     def __init__(
@@ -67,6 +67,7 @@ class HAProxy:
             socket=self.socket_path, port=self.port, check=check, inter_ms=inter_ms, fall=fall, servers=servers
         )
         self.proc: subprocess.Popen | None = None
+        self.grace = 5
 
     def start(self, seconds: float = 10) -> HAProxy:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -92,20 +93,3 @@ class HAProxy:
 
     def wait_state(self, server: str, status: str, seconds: float = 15) -> None:
         wait_until(lambda: self.states().get(server, "").startswith(status), seconds, what=f"{server} {status}")
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-20000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, grace=5)
-        self.proc = None
-
-    def __enter__(self) -> HAProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -160,3 +160,32 @@ def signals_exit(codes: Mapping[int, int] | None = None) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class Server:
+    """A process a test or a benchmark starts and stops itself, its output in ``log_path``:
+    ``start()`` is the subclass's; ``stop()`` sends SIGTERM, then SIGKILL after ``grace`` seconds."""
+
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    grace: float = 15
+
+    def start(self) -> Server:
+        raise NotImplementedError
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace=self.grace)
+        self.proc = None
+
+    def __enter__(self) -> Any:  # the subclass itself
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

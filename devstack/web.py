@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.ports import free_port
-from devstack.processes import Group, service_env, spawn, stop_process, wait_started
+from devstack.processes import Group, Server, service_env, spawn, wait_started
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -55,7 +55,7 @@ def start_gunicorn(
     return proc, base
 
 
-class LiveReplica:
+class LiveReplica(Server):
     """``gunicorn wsgi:app`` from the repository root, started and stopped by a test.
 
     ``worker_class`` ``gthread`` with ``threads`` per worker by default; ``stop()`` sends
@@ -96,20 +96,3 @@ class LiveReplica:
             self.stop()
             raise RuntimeError(f"{exc}:\n{self.output()}") from None
         return self
-
-    def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-20000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-        self.proc = None
-
-    def __enter__(self) -> LiveReplica:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
