@@ -224,3 +224,31 @@ def test_redis_down_the_query_runs_on_mongodb(make_app):
     got = read(broken.test_client(), "dev-1", NAME, "temp", **params)
     assert got.status_code == 200
     assert_same(got.get_json(), want, params)
+
+
+def test_scattered_chunks_are_recomputed_whole_and_rewritten(app, client, owner, device, make_app, raw):
+    # Ten days at 5-minute buckets: over 40 chunks. Every other one dropped leaves more stretches than a
+    # member may query separately; the member is recomputed in one stretch and every chunk rewritten.
+    insert_readings(
+        app, "dev-1", NAME, owner["user_id"], [(BASE + timedelta(minutes=7 * i), {"temp": i % 31}) for i in range(2100)]
+    )
+    params = {"start": "2024-03-01T00:02:00Z", "end": "2024-03-11T00:00:00Z", "resolution": 5}
+    want = read(make_app(QUERY_CACHE_ENABLED=False).test_client(), "dev-1", NAME, "temp", **params).get_json()
+    assert_same(read(client, "dev-1", NAME, "temp", **params).get_json(), want, params)
+    prefix = app.config["CACHE_KEY_PREFIX"]
+    chunks = sorted(
+        (k for k in raw.scan_iter(match=f"{prefix}query:*:temp:n:5:*", count=1000)),
+        key=lambda k: int(k.rsplit(b":", 1)[1]),
+    )
+    assert len(chunks) > 40
+    raw.delete(*chunks[::2])
+    raw.expire(chunks[1], 1000)  # kept, yet rewritten: its TTL starts again
+    assert_same(read(client, "dev-1", NAME, "temp", **params).get_json(), want, params)
+    assert len(list(raw.scan_iter(match=f"{prefix}query:*:temp:n:5:*", count=1000))) == len(chunks)
+    assert raw.ttl(chunks[1]) > 1000
+
+
+def test_stretches_touching_or_overlapping_become_one():
+    from app.readings.stretches import union
+
+    assert union([(5, 9), (0, 5), (20, 30), (7, 12), (30, 30), (25, 26)]) == [(0, 12), (20, 30)]

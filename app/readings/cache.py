@@ -41,7 +41,6 @@ import json
 import logging
 import secrets
 import time
-from datetime import datetime
 from typing import Any
 
 from flask import current_app
@@ -49,9 +48,8 @@ from flask import current_app
 from app import metrics
 from app.cache.keys import query_chunk_key, query_gen_key
 from app.cache.shared import QUERY, SharedCache, shared_cache
-from app.db import READINGS
-from app.extensions import mongo
-from app.readings.partials import EPOCH, MS, Partial, accumulators, family, finish, from_group, merge, to_ms
+from app.readings.partials import Partial, family, finish, merge, to_ms
+from app.readings.stretches import MAX_PER_MEMBER, MAX_QUERIES, Span, Stretch, aggregate, union
 from app.redis_topology import REDIS_ERRORS
 
 log = logging.getLogger("app.readings")
@@ -151,6 +149,9 @@ def cached_rows(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> 
         shared.failed(exc)
         return None
     shared.succeeded()
+    stretches = plan.stretches(found)
+    if stretches is None:
+        return None
     hits = sum(len(chunks) for chunks in found.values())
     misses = len(plan.members) * len(plan.chunks) - hits
     shared.count("hits", hits)
@@ -161,7 +162,7 @@ def cached_rows(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> 
             for b, partial in buckets:
                 if plan.first <= b < plan.stop:
                     plan.add(answer, b * plan.width, partial)
-    fetched = plan.fetch(found, shared if misses else None, answer)
+    fetched = plan.fetch(stretches, shared if misses else None, answer)
     if misses:
         try:
             plan.write(shared, tokens, found, fetched, ttl)
@@ -260,81 +261,47 @@ class Plan:
 
     # -- MongoDB -------------------------------------------------------------------------
 
+    def stretches(self, found: dict[Member, dict[int, list]]) -> list[Stretch] | None:
+        """What must be computed live, per member: the range's partial first and last buckets and
+        the missing chunks, as disjoint stretches (``stretches.py``). A member left with more than
+        ``MAX_PER_MEMBER`` is recomputed whole (its chunks dropped from ``found``, to be rewritten).
+        None: more than ``MAX_QUERIES`` in all (the query is not cached)."""
+        width = self.width
+        edges: list[Span] = [(self.start, self.first * width), (self.stop * width, self.end)]
+        out: list[Stretch] = []
+        for member in self.members:
+            missing = [c for c in self.chunks if c not in found[member]]
+            spans = union(edges + [(c * CHUNK_BUCKETS * width, self.complete_to(c) * width) for c in missing])
+            if len(spans) > MAX_PER_MEMBER:
+                found[member] = {}
+                spans = union(edges + [(c * CHUNK_BUCKETS * width, self.complete_to(c) * width) for c in self.chunks])
+            out += [(member[1], low, high) for low, high in spans]
+        return out if len(out) <= MAX_QUERIES else None
+
     def fetch(
-        self, found: dict[Member, dict[int, list]], shared: QueryStore | None, answer: dict[int, Partial]
+        self, stretches: list[Stretch], shared: QueryStore | None, answer: dict[int, Partial]
     ) -> dict[tuple[str, int], Partial]:
-        """One aggregation: the missing chunks (per member) and the live edges (all members).
+        """One aggregation per stretch (``stretches.py``): the missing chunks and the live edges.
 
         Live partials go into ``answer``; the missing chunks' partials, per (device id, bucket), are
         returned for writing. Groups are split by whether a reading lies inside the query's range
         (``s``): a chunk needs every reading of its buckets, the answer only those in the range.
         """
-        width = self.width
-        branches: list[dict[str, Any]] = []
-        involved: set[str] = set()
-        if self.start < self.first * width:
-            branches.append({"timestamp": {"$gte": self.q["start"], "$lt": _dt(self.first * width)}})
-            involved.update(self.device["chain"])
-        if self.stop * width < self.end:
-            branches.append({"timestamp": {"$gte": _dt(self.stop * width), "$lt": self.q["end"]}})
-            involved.update(self.device["chain"])
-        for member in self.members:
-            run: list[int] = []
-            for chunk in self.chunks + [None]:  # type: ignore[list-item]
-                if chunk is not None and chunk not in found[member]:
-                    run.append(chunk)
-                    continue
-                if run:
-                    low, high = run[0] * CHUNK_BUCKETS * width, self.complete_to(run[-1]) * width
-                    branches.append({"meta.device_id": member[1], "timestamp": {"$gte": _dt(low), "$lt": _dt(high)}})
-                    involved.add(member[1])
-                    run = []
-        if not branches:
+        if not stretches:
             return {}
-        ids = sorted(involved)
-        lows = [b["timestamp"]["$gte"] for b in branches]
-        highs = [b["timestamp"]["$lt"] for b in branches]
-        # First the index's own fields (one id: an equality, which every planner takes to the index).
-        narrow: dict[str, Any] = {
-            "meta.device_id": ids[0] if len(ids) == 1 else {"$in": ids},
-            "meta.device_name": self.device["device_name"],
-            "timestamp": {"$gte": min(lows), "$lt": max(highs)},
-        }
-        if self.measurement == "vpd":
-            present: dict[str, Any] = {"$or": [{"temp": {"$exists": True}}, {"rh": {"$exists": True}}]}
-        else:
-            present = {self.measurement: {"$exists": True}}
-        epoch_ms = {"$toLong": "$timestamp"}
-        inside = {"$and": [{"$gte": ["$timestamp", self.q["start"]]}, {"$lt": ["$timestamp", self.q["end"]]}]}
-        pipeline = [
-            {"$match": narrow},
-            {"$match": {"meta.owner_id": self.device["owner_id"], "$and": [{"$or": branches}, present]}},
-            {"$sort": {"timestamp": 1, "_id": 1}},
-            {
-                "$group": {
-                    "_id": {
-                        "d": "$meta.device_id",
-                        "b": {"$subtract": [epoch_ms, {"$mod": [epoch_ms, width]}]},
-                        "s": inside,
-                    },
-                    **accumulators(self.fam, self.measurement),
-                }
-            },
-        ]
+        args = (self.device, self.measurement, self.fam, self.q, stretches, self.width)
         if shared is not None:
             shared.count("loads")
             with metrics.load_timer(QUERY.name):
-                groups = list(mongo.db[READINGS].aggregate(pipeline))
+                groups = aggregate(*args)
         else:
-            groups = list(mongo.db[READINGS].aggregate(pipeline))
+            groups = aggregate(*args)
         fetched: dict[tuple[str, int], Partial] = {}
-        for group in groups:
-            key, partial = group["_id"], from_group(self.fam, group)
-            bucket_ms = key["b"]
-            if key["s"]:
+        for device_id, bucket_ms, inside, partial in groups:
+            if inside:
                 self.add(answer, bucket_ms, partial)
-            if bucket_ms % width == 0 and bucket_ms >= 0:
-                index = (key["d"], bucket_ms // width)
+            if bucket_ms >= 0:
+                index = (device_id, bucket_ms // self.width)
                 have = fetched.get(index)
                 fetched[index] = partial if have is None else merge(self.fam, have, partial)
         return fetched
@@ -364,7 +331,3 @@ def _usable(raw: bytes | None, token: str, base: int, needed: int) -> list | Non
     if not isinstance(buckets, list) or not isinstance(upto, int) or base + upto < needed:
         return None
     return [(base + b, p) for b, p in buckets]
-
-
-def _dt(ms: int) -> datetime:
-    return EPOCH + ms * MS

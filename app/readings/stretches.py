@@ -1,0 +1,93 @@
+"""The live side of a cached readings query: one index-friendly MongoDB query per stretch.
+
+What a cached query still computes (the range's partial first bucket, the missing chunks, the open
+bucket and the buckets within the margin) lies in a few disjoint stretches of time, for each chain
+member. They are not asked for in one aggregation: SecantusDB (the embedded MongoDB of the tests and
+benches) reaches the index ``(meta.device_id, meta.device_name, timestamp)`` only from a first
+``$match`` holding exactly one id as an equality, the name and one ``timestamp`` range; ``$in`` over a
+chain, ``$or`` over stretches, ``$unionWith`` and any other field in that ``$match`` scan the whole
+collection. So each stretch of each member is its own aggregation of that shape (milliseconds: a
+stretch is minutes to a chunk of buckets), and the partials merge in Python (``partials.py``), exactly.
+MongoDB proper would take the index for each branch of an ``$or`` as well; separate queries cost it
+only their round trips.
+
+Bounded: a member's stretches are the union of its head, tail and missing-chunk runs (adjacent ones
+merged, so every reading is read once). A member whose chunks are so scattered that this leaves more
+than ``MAX_PER_MEMBER`` stretches is recomputed whole (one stretch, its chunks all rewritten, so the
+next query finds them contiguous); a query needing more than ``MAX_QUERIES`` in all (a very long
+chain) is not cached.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.db import READINGS
+from app.extensions import mongo
+from app.readings.partials import EPOCH, MS, Partial, accumulators, from_group
+
+MAX_PER_MEMBER = 4  # head, one run of missing chunks, tail; and one more run
+MAX_QUERIES = 32  # in all, per cached query
+
+Span = tuple[int, int]  # [from ms, to ms)
+Stretch = tuple[str, int, int]  # device id, from ms (inclusive), to ms (exclusive)
+
+
+def union(spans: list[Span]) -> list[Span]:
+    """Sorted, disjoint spans covering the same instants; touching spans become one."""
+    out: list[Span] = []
+    for low, high in sorted(spans):
+        if low >= high:
+            continue
+        if out and low <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], high))
+        else:
+            out.append((low, high))
+    return out
+
+
+def pipeline(
+    device: dict[str, Any], measurement: str, fam: str, q: dict[str, Any], stretch: Stretch, width: int
+) -> list[dict[str, Any]]:
+    """One stretch of one member, bucketed, each bucket split by whether its readings lie in the range.
+
+    The first ``$match`` holds the index's fields only (the shape SecantusDB takes to the index);
+    the owner and the measurement's presence are filtered after it.
+    """
+    device_id, low, high = stretch
+    if measurement == "vpd":
+        present: dict[str, Any] = {"$or": [{"temp": {"$exists": True}}, {"rh": {"$exists": True}}]}
+    else:
+        present = {measurement: {"$exists": True}}
+    epoch_ms = {"$toLong": "$timestamp"}
+    inside = {"$and": [{"$gte": ["$timestamp", q["start"]]}, {"$lt": ["$timestamp", q["end"]]}]}
+    return [
+        {
+            "$match": {
+                "meta.device_id": device_id,
+                "meta.device_name": device["device_name"],
+                "timestamp": {"$gte": EPOCH + low * MS, "$lt": EPOCH + high * MS},
+            }
+        },
+        {"$match": {"meta.owner_id": device["owner_id"], **present}},
+        {"$sort": {"timestamp": 1, "_id": 1}},
+        {
+            "$group": {
+                "_id": {"b": {"$subtract": [epoch_ms, {"$mod": [epoch_ms, width]}]}, "s": inside},
+                **accumulators(fam, measurement),
+            }
+        },
+    ]
+
+
+def aggregate(
+    device: dict[str, Any], measurement: str, fam: str, q: dict[str, Any], stretches: list[Stretch], width: int
+) -> list[tuple[str, int, bool, Partial]]:
+    """(device id, bucket ms, in the range, partial) of every group of every stretch."""
+    out: list[tuple[str, int, bool, Partial]] = []
+    collection = mongo.db[READINGS]
+    for stretch in stretches:
+        for group in collection.aggregate(pipeline(device, measurement, fam, q, stretch, width)):
+            key = group["_id"]
+            out.append((stretch[0], key["b"], bool(key["s"]), from_group(fam, group)))
+    return out
