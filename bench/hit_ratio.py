@@ -48,6 +48,8 @@ def zipf_sampler(n: int, s: float, seed: int):
 
 def seed_devices(app, count: int) -> list[tuple[str, str]]:
     """Register ``count`` devices directly in the keys collection (one insert_many)."""
+    from pymongo.errors import BulkWriteError
+
     from app.auth import hash_secret
     from app.db import KEYS
     from app.extensions import mongo
@@ -68,8 +70,12 @@ def seed_devices(app, count: int) -> list[tuple[str, str]]:
             }
             for i, (device_id, device_name) in enumerate(pairs)
         ]
-        for start in range(0, len(docs), 1000):  # small batches: each well inside the socket timeout
-            mongo.db[KEYS].insert_many(docs[start : start + 1000])
+        for start in range(0, len(docs), 200):  # small batches: each well inside the socket timeout
+            try:
+                mongo.db[KEYS].insert_many(docs[start : start + 200], ordered=False)
+            except BulkWriteError as exc:  # a retried batch (its reply timed out on a busy machine) was applied
+                if any(error["code"] != 11000 for error in exc.details["writeErrors"]):
+                    raise
     return pairs
 
 

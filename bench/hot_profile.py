@@ -1,0 +1,139 @@
+"""Where a warm request's time goes, in process (issue 16 §5): the WSGI app called directly.
+
+    . .venv/bin/activate && python -m bench.hot_profile            # about a minute
+    python -m bench.hot_profile --profile owner --top 40           # cProfile of one variant
+
+Starts its own redis-server and SecantusDB (demo data, as ``bench/near_bench.py``), builds the
+service (``bench.benchapp:app``) and the external ceiling (``bench.bareapp:app``) in this process
+and calls each WSGI app with a prepared environ, no HTTP server and no gevent, so what is left is
+the Python each request runs: Flask, the request hooks, the lookup, JSON. Prints microseconds of
+CPU per request (median of batches) for the warm anonymous lookup, the owner's bearer read of a
+private device and the bare app, their ratios, and optionally the cProfile top entries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import sys
+import time
+from urllib.parse import quote
+
+from bench.common import HIT_DEVICE, PREFIX, Servers, bench_env, seed
+
+PRIVATE_DEVICE = ("demo-00005", "Room 3")
+
+
+def environ(path: str, headers: dict[str, str]) -> dict:
+    env = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "40000",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_USER_AGENT": "wrk",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    env.update({"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()})
+    return env
+
+
+def caller(app, path: str, headers: dict[str, str]):
+    template = environ(path, headers)  # PATH_INFO is the decoded path, as a WSGI server gives it
+    statuses: list[str] = []
+
+    def start_response(status, response_headers, exc_info=None):
+        statuses.append(status)
+
+    def call() -> None:
+        env = dict(template)
+        env["wsgi.input"] = io.BytesIO(b"")
+        body = app(env, start_response)
+        try:
+            for _ in body:
+                pass
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+
+    call()
+    if not statuses[-1].startswith("200"):
+        raise RuntimeError(f"{path} answered {statuses[-1]}")
+    return call
+
+
+def per_request_us(call, n: int, batches: int) -> float:
+    samples = []
+    for _ in range(batches):
+        cpu = time.process_time()
+        for _ in range(n):
+            call()
+        samples.append((time.process_time() - cpu) / n * 1e6)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000, help="per batch")
+    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--profile", choices=("l1", "owner", "bare"), nargs="*", default=[])
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--sort", default="tottime")
+    args = parser.parse_args()
+    with Servers("hot-profile-") as servers:
+        env = bench_env(servers.redis, servers.mongo_port)
+        demo = seed(env, servers.workdir, 50)
+        os.environ.update(env)
+        from bench.bareapp import BARE_KEY
+        from bench.bareapp import app as bare_app
+        from bench.benchapp import app
+
+        try:
+            auth = {"Authorization": f"Bearer {demo['token']}"}
+            calls = {
+                "l1": caller(app, f"/api/v1/devices/{HIT_DEVICE[0]}/{HIT_DEVICE[1]}", {}),
+                "owner": caller(app, f"/api/v1/devices/{PRIVATE_DEVICE[0]}/{PRIVATE_DEVICE[1]}", auth),
+            }
+            body = app.test_client().get(f"/api/v1/devices/{quote(HIT_DEVICE[0])}/{quote(HIT_DEVICE[1])}").data
+            app.extensions["device_cache"].client.set(PREFIX + BARE_KEY, body)
+            calls["bare"] = caller(bare_app, "/", {})
+            for call in calls.values():  # warm: near cache subscribed and filled
+                for _ in range(200):
+                    call()
+            time.sleep(0.5)
+            us = {name: per_request_us(call, args.requests, args.batches) for name, call in calls.items()}
+            for name, value in us.items():
+                print(f"{name:6s} {value:7.1f} us CPU/request   bare/this {us['bare'] / value:.2f}")
+            for name in args.profile:
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for _ in range(args.requests):
+                    calls[name]()
+                profiler.disable()
+                out = io.StringIO()
+                pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.top)
+                print(f"\n=== {name}: {args.requests} requests, sorted by {args.sort}")
+                print(out.getvalue())
+        finally:
+            app.extensions["device_cache"].stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
