@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import FunctionType
 from typing import Any
 
 from flask import Flask
@@ -15,18 +16,37 @@ from app.cors import register_cors
 from app.devices.lookup import load_device, load_devices
 from app.errors import register_error_handlers
 from app.extensions import cache, mongo
+from app.json_provider import JSONProvider
 from app.logging import configure_logging
 from app.metrics import register_metrics
 from app.redis_topology import Topology, client_options
 from app.validation import guard_commands, register_input_guard
 
 
+class Service(Flask):
+    """Flask, minus a per-request cost: ``ensure_sync`` asks ``inspect`` whether each hook and view
+    is a coroutine function on every call (four times a request); the answer never changes, so it
+    is kept per function (plain functions only: bound methods are new objects on every access)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        sync = self._sync.get(func) if type(func) is FunctionType else None
+        if sync is None:
+            sync = super().ensure_sync(func)
+            if type(func) is FunctionType:
+                self._sync[func] = sync
+        return sync
+
+
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     config = load_config(overrides)
     configure_logging(config["LOG_LEVEL"], config["LOG_FORMAT"])
-    app = Flask(__name__, static_folder=None)
+    app = Service(__name__, static_folder=None)
     app.config.update(config)
-    app.json.sort_keys = False
+    app.json = JSONProvider(app)
     register_extensions(app)
     register_metrics(app)
     register_blueprints(app)

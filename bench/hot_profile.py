@@ -78,20 +78,23 @@ def caller(app, path: str, headers: dict[str, str]):
     return call
 
 
-def per_request_us(call, n: int, batches: int) -> float:
-    samples = []
+def per_request_us(calls: dict, n: int, batches: int) -> dict[str, float]:
+    """Median CPU microseconds per request of each call, batches interleaved (the machine's load
+    drifts: interleaving keeps the ratios meaningful)."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(batches):
-        cpu = time.process_time()
-        for _ in range(n):
-            call()
-        samples.append((time.process_time() - cpu) / n * 1e6)
-    return statistics.median(samples)
+        for name, call in calls.items():
+            cpu = time.process_time()
+            for _ in range(n):
+                call()
+            samples[name].append((time.process_time() - cpu) / n * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=3000, help="per batch")
-    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=500, help="per batch")
+    parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--profile", choices=("l1", "owner", "bare"), nargs="*", default=[])
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--sort", default="tottime")
@@ -117,7 +120,7 @@ def main() -> int:
                 for _ in range(200):
                     call()
             time.sleep(0.5)
-            us = {name: per_request_us(call, args.requests, args.batches) for name, call in calls.items()}
+            us = per_request_us(calls, args.requests, args.batches)
             for name, value in us.items():
                 print(f"{name:6s} {value:7.1f} us CPU/request   bare/this {us['bare'] / value:.2f}")
             for name in args.profile:
