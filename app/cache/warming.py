@@ -54,7 +54,7 @@ def decay_hotness(dc: DeviceCache, now: float | None = None) -> int:
 def recently_looked_up(dc: DeviceCache, since: float, limit: int) -> list[tuple[str, str]]:
     """Every pair looked up since ``since`` (Unix time), the hottest first; at most ``limit``."""
     seen = dc.meta + "seen:device"
-    dc.client.zremrangebyscore(seen, "-inf", f"({since}")  # forgotten: not looked up within the window
+    dc.client.zremrangebyscore(seen, "-inf", f"({since}")  # forgotten: not looked up within a TTL
     keys = dc.client.zrangebyscore(seen, since, "+inf")
     if not keys:
         return []
