@@ -8,13 +8,16 @@ service (``bench.benchapp:app``) and the external ceiling (``bench.bareapp:app``
 and calls each WSGI app with a prepared environ, no HTTP server and no gevent, so what is left is
 the Python each request runs: Flask, the request hooks, the lookup, JSON. Prints microseconds of
 CPU per request (median of batches) for the warm anonymous lookup, the owner's bearer read of a
-private device and the bare app, their ratios, and optionally the cProfile top entries.
+private device and the bare app, their ratios, and optionally the cProfile top entries. With
+``--doc`` it writes the figures and the top entries of the anonymous lookup's profile into
+docs/BENCHMARKS.md under "Hot path in process (issue 16)".
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import datetime as dt
 import io
 import os
 import pstats
@@ -24,6 +27,14 @@ import time
 from urllib.parse import quote
 
 from bench.common import HIT_DEVICE, PREFIX, Servers, bench_env, seed
+from bench.sections import publish
+
+SECTION = "## Hot path in process (issue 16)"
+LABELS = {
+    "l1": "warm anonymous lookup (near cache)",
+    "owner": "owner's bearer read of a private device (near cache)",
+    "bare": "bare app: one Redis GET (`bench/bareapp.py`)",
+}
 
 PRIVATE_DEVICE = ("demo-00005", "Room 3")
 
@@ -98,7 +109,10 @@ def main() -> int:
     parser.add_argument("--profile", choices=("l1", "owner", "bare"), nargs="*", default=[])
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--sort", default="tottime")
+    parser.add_argument("--doc", action="store_true", help="write the section in docs/BENCHMARKS.md")
     args = parser.parse_args()
+    if args.doc and "l1" not in args.profile:
+        args.profile = [*args.profile, "l1"]
     with Servers("hot-profile-") as servers:
         env = bench_env(servers.redis, servers.mongo_port)
         demo = seed(env, servers.workdir, 50)
@@ -123,6 +137,7 @@ def main() -> int:
             us = per_request_us(calls, args.requests, args.batches)
             for name, value in us.items():
                 print(f"{name:6s} {value:7.1f} us CPU/request   bare/this {us['bare'] / value:.2f}")
+            profiles = {}
             for name in args.profile:
                 profiler = cProfile.Profile()
                 profiler.enable()
@@ -133,9 +148,48 @@ def main() -> int:
                 pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.top)
                 print(f"\n=== {name}: {args.requests} requests, sorted by {args.sort}")
                 print(out.getvalue())
+                profiles[name] = profiler
         finally:
             app.extensions["device_cache"].stop()
+    if args.doc:
+        publish(report(us, profiles["l1"], args), write=True)
     return 0
+
+
+def report(us: dict[str, float], profiler: cProfile.Profile, args: argparse.Namespace) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        SECTION,
+        "",
+        f"Measured {stamp} with `python -m bench.hot_profile --doc` on {os.cpu_count()} cores (shared with other "
+        "work: ratios are the point, batches interleaved): each WSGI app called in process with a prepared "
+        f"environ, no HTTP server and no gevent; {args.batches} batches of {args.requests} requests per variant, "
+        "median CPU microseconds per request. What HTTP adds (gunicorn, gevent, sockets) is the same for every "
+        "variant, so the ratios over HTTP (`near_bench.py`) are closer to 1 than these.",
+        "",
+        "| variant | CPU us per request | requests/s over the bare app's (same CPU) |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, label in LABELS.items():
+        lines.append(f"| {label} | {us[name]:.1f} | {us['bare'] / us[name]:.2f} |")
+    stats = pstats.Stats(profiler)
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][3])  # cumulative time
+    total = max(row[1][3] for row in rows)
+    lines += [
+        "",
+        f"Where the warm anonymous lookup's time goes (cProfile, {args.requests} requests; cumulative share of the "
+        "request, functions at 5 % or more, the profiler's own overhead included):",
+        "",
+        "| function | calls per request | cumulative share |",
+        "| --- | ---: | ---: |",
+    ]
+    for (path, line, func), (_, calls, _, cumulative, _) in rows:
+        share = cumulative / total
+        if share < 0.05:
+            break
+        where = path.split("site-packages/")[-1].removeprefix(os.getcwd() + "/")
+        lines.append(f"| `{where}:{line}({func})` | {calls / args.requests:g} | {share:.0%} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
