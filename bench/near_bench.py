@@ -250,20 +250,22 @@ def report(result: dict, coherence: dict | None, mem: dict | None, args, others:
         "",
         "The external ceiling (issue 16) is a separate process: `gunicorn bench.bareapp:app` with the same "
         "settings, a minimal Flask app whose one route does one Redis GET and answers the lookup's body as "
-        'is; "x bare app" is each variant\'s requests/s over its (goals: warm anonymous lookup >= 1.3x, '
-        'owner\'s bearer read >= 1.1x). "x ceiling" is over the route inside the service doing one Redis GET, '
-        "which pays the service's own per-request work too.",
+        'is; "x bare app" is each variant\'s median requests/s over its (goals: warm anonymous lookup >= 1.3x, '
+        'owner\'s bearer read >= 1.1x), "paired" the median over rounds of the ratio within each round (the '
+        'variants of a round run back to back, so a drift of the machine\'s load cancels out). "x ceiling" is '
+        "over the route inside the service doing one Redis GET, which pays the service's own per-request work too.",
         "",
-        "| wrk | variant | req/s | x bare app | x ceiling | p50 ms | p99 ms | non-2xx |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| wrk | variant | req/s | x bare app | x bare app, paired | x ceiling | p50 ms | p99 ms | non-2xx |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for config, runs in result["runs"].items():
         ceiling, bare = med(runs["ceiling"], "rps"), med(runs["bare"], "rps")
         for name in VARIANTS:
             rps, p50, p99 = (med(runs[name], field) for field in ("rps", "p50_us", "p99_us"))
             non2xx = sum(r["non2xx"] for r in runs[name])
+            paired = statistics.median(a["rps"] / b["rps"] for a, b in zip(runs[name], runs["bare"], strict=True))
             lines.append(
-                f"| `{config}` | {LABELS[name]} | {rps:,.0f} | {rps / bare:.2f} | {rps / ceiling:.2f} "
+                f"| `{config}` | {LABELS[name]} | {rps:,.0f} | {rps / bare:.2f} | {paired:.2f} | {rps / ceiling:.2f} "
                 f"| {p50 / 1000:.2f} | {p99 / 1000:.2f} | {non2xx} |"
             )
     lines += [
