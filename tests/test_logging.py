@@ -60,7 +60,7 @@ def test_a_forked_worker_makes_request_ids_of_its_own_prefix():
 
 
 def test_json_bodies_are_byte_for_byte_flasks_own(app):
-    """The kept encoders (app/json_provider.py) write what Flask's DefaultJSONProvider writes."""
+    """The kept encoders (app.JSONProvider) write what Flask's DefaultJSONProvider writes."""
     from datetime import UTC, datetime
 
     from flask.json.provider import DefaultJSONProvider
