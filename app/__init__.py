@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
+from types import FunctionType
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
+from flask.json.provider import DefaultJSONProvider
 
 from app.cache.serializer import JSONSerializer
 from app.cache.shared import Sources, init_cache
@@ -23,12 +26,52 @@ from app.redis_topology import Topology, client_options
 from app.validation import guard_commands, register_input_guard
 
 
+class Service(Flask):
+    """Flask, minus a per-request cost: ``ensure_sync`` asks ``inspect`` whether each hook and view
+    is a coroutine function on every call (four times a request); the answer never changes, so it
+    is kept per function (plain functions only: bound methods are new objects on every access)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        sync = self._sync.get(func) if type(func) is FunctionType else None
+        if sync is None:
+            sync = super().ensure_sync(func)
+            if type(func) is FunctionType:
+                self._sync[func] = sync
+        return sync
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON provider with its encoder built once, not per response: ``json.dumps`` with any
+    keyword builds a new ``JSONEncoder`` on every call. Same settings (``default``, ``ensure_ascii``,
+    keys in insertion order), so every body stays byte for byte what ``DefaultJSONProvider`` writes.
+    orjson was considered: faster, but it writes non-ASCII as UTF-8 and some floats differently."""
+
+    sort_keys = False  # the order the views build: the spec's field order
+
+    def __init__(self, app: Flask) -> None:
+        super().__init__(app)
+        common = {"default": self.default, "ensure_ascii": self.ensure_ascii, "sort_keys": self.sort_keys}
+        self._compact = json.JSONEncoder(separators=(",", ":"), **common)  # type: ignore[arg-type]
+        self._indented = json.JSONEncoder(indent=2, **common)  # type: ignore[arg-type]
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        """``DefaultJSONProvider.response`` with the kept encoders (same body, same mimetype)."""
+        obj = self._prepare_response_obj(args, kwargs)
+        pretty = (self.compact is None and self._app.debug) or self.compact is False
+        encoder = self._indented if pretty else self._compact
+        return self._app.response_class(f"{encoder.encode(obj)}\n", mimetype=self.mimetype)
+
+
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     config = load_config(overrides)
     configure_logging(config["LOG_LEVEL"], config["LOG_FORMAT"])
-    app = Flask(__name__, static_folder=None)
+    app = Service(__name__, static_folder=None)
     app.config.update(config)
-    app.json.sort_keys = False
+    app.json = JSONProvider(app)
     register_extensions(app)
     register_metrics(app)
     register_blueprints(app)

@@ -73,7 +73,7 @@ class User:
 
 def current_user() -> User | None:
     """The bearer's user; None without the header; 401 when the header is present but wrong."""
-    header = request.headers.get("Authorization")
+    header = request.environ.get("HTTP_AUTHORIZATION")  # request.headers.get, without its key folding
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
@@ -123,7 +123,7 @@ def is_key_shaped(key: str) -> bool:
 
 def api_key_header() -> str | None:
     """The X-API-Key header; 401 when present but malformed."""
-    key = request.headers.get("X-API-Key")
+    key = request.environ.get("HTTP_X_API_KEY")  # the X-API-Key header
     if key is None:
         return None
     key = key.strip()

@@ -203,7 +203,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("CACHE_KEY_PREFIX", "opensensor:", _prefix),
         Setting("DEVICE_CACHE_TTL", "300", int, gt=0),
         Setting("WARM_INTERVAL", "240", int, gt=0),
-        Setting("WARM_TOP_N", None, int, gt=0),  # unset: every device looked up within DEVICE_CACHE_TTL
+        Setting("WARM_TOP_N", None, int, gt=0),  # unset: every device looked up within WARM_WINDOW
         Setting("STATS_INTERVAL", "60", int, gt=0),
         # Our own knobs.
         Setting("LOG_LEVEL", "INFO", choices=LOG_LEVELS),
@@ -224,6 +224,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("HOT_HALF_LIFE", "3600", float, gt=0),
         Setting("TASK_TIME_LIMIT", "120", int, gt=0),
         Setting("HOT_MAX_DEVICES", "10000", int, gt=0),
+        Setting("WARM_WINDOW", None, int, gt=0),  # default: 3 x DEVICE_CACHE_TTL
         Setting("CELERY_BROKER_SENTINEL_MASTER", None),  # default: REDIS_SENTINEL_MASTER
         Setting("CELERY_QUEUE", "celery"),
         # Operations (issue 9): Prometheus metrics and log format.
@@ -268,7 +269,9 @@ def load_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 def derive(config: dict[str, Any]) -> None:
     """The defaults that depend on other settings, and the bounds between settings."""
-    config.setdefault("WARM_TOP_N", None)  # every device looked up within a TTL
+    config.setdefault("WARM_TOP_N", None)  # every device looked up within WARM_WINDOW
+    # 3 TTLs: an entry then outlives its device's last lookup by 3-4 TTLs (issue 16 §4, docs/BENCHMARKS.md).
+    config.setdefault("WARM_WINDOW", 3 * config["DEVICE_CACHE_TTL"])
     config.setdefault("L1_CACHE_TTL", min(60.0, config["DEVICE_CACHE_TTL"]))
     if config["L1_CACHE_TTL"] > config["DEVICE_CACHE_TTL"]:
         raise ConfigError("L1_CACHE_TTL must not be above DEVICE_CACHE_TTL")

@@ -199,34 +199,57 @@ def request_id_from(header: str | None) -> str:
     random prefix and a count, unique without a system call per request."""
     if header is not None and SANE_REQUEST_ID.fullmatch(header):
         return header
-    if _ids.pid != os.getpid():  # a forked worker takes its own prefix
-        _ids.prefix, _ids.count, _ids.pid = secrets.token_hex(8), itertools.count(1), os.getpid()
     return f"{_ids.prefix}-{next(_ids.count):x}"
 
 
 class _Ids:
-    pid = 0
     prefix = ""
     count = itertools.count(1)
 
+    def renew(self) -> None:
+        """A new random prefix: at import and in every forked child (gunicorn and Celery workers)."""
+        self.prefix, self.count = secrets.token_hex(8), itertools.count(1)
+
 
 _ids = _Ids()
+_ids.renew()
+os.register_at_fork(after_in_child=_ids.renew)  # not os.getpid() per request: a fork is the only way to a copy
+
+# (method, route, status) -> the request counter's ``inc`` and the duration histogram's ``observe``.
+_request_series: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
+
+
+def _series(method: str, route: str, status: int) -> tuple[Callable[[], None], Callable[[float], None]]:
+    """The children of one request's series, kept: bounded by methods x URL rules x statuses."""
+    key = (method, route, status)
+    series = _request_series.get(key)
+    if series is None:
+        series = _request_series[key] = (
+            _child(http_requests, method, route, str(status)).inc,
+            _child(http_request_duration, method, route).observe,
+        )
+    return series
 
 
 def _start_request() -> None:
-    g.request_started = time.perf_counter()
-    g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+    # One proxy look-up each (a werkzeug LocalProxy access costs a context-var read and a call).
+    ctx = g._get_current_object()
+    ctx.request_started = time.perf_counter()
+    ctx.request_id = request_id_from(request.environ.get("HTTP_X_REQUEST_ID"))  # the X-Request-ID header
 
 
 def _finish_request(response: Response) -> Response:
-    request_id = g.get("request_id") or request_id_from(None)
+    req, ctx = request._get_current_object(), g._get_current_object()
+    request_id = getattr(ctx, "request_id", None) or request_id_from(None)
     response.headers[REQUEST_ID_HEADER] = request_id
-    route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+    rule = req.url_rule
+    route = rule.rule if rule is not None else UNMATCHED_ROUTE
     if _recording:
-        method = request.method if request.method in METHODS else "other"
-        started = g.get("request_started")
-        _child(http_requests, method, route, str(response.status_code)).inc()
+        method = req.method
+        count, observe = _series(method if method in METHODS else "other", route, response.status_code)
+        count()
+        started = getattr(ctx, "request_started", None)
         if started is not None:
-            _child(http_request_duration, method, route).observe(time.perf_counter() - started)
-    request.environ[ENVIRON_KEY] = {"request_id": request_id, "route": route, "cache": g.get("cache_result")}
+            observe(time.perf_counter() - started)
+    req.environ[ENVIRON_KEY] = {"request_id": request_id, "route": route, "cache": getattr(ctx, "cache_result", None)}
     return response

@@ -104,6 +104,9 @@ def register_input_guard(app: Flask) -> None:
 
     @app.before_request
     def reject_undecodable_query() -> None:
+        # An ASCII query string always decodes (bad percent-escapes stay escaped): nothing to parse.
+        if request.environ.get("QUERY_STRING", "").isascii():
+            return
         try:
             request.args  # noqa: B018 - parsed (and cached) here so that a bad one is a 400
         except UnicodeDecodeError:

@@ -48,6 +48,8 @@ def zipf_sampler(n: int, s: float, seed: int):
 
 def seed_devices(app, count: int) -> list[tuple[str, str]]:
     """Register ``count`` devices directly in the keys collection (one insert_many)."""
+    from pymongo.errors import BulkWriteError
+
     from app.auth import hash_secret
     from app.db import KEYS
     from app.extensions import mongo
@@ -68,8 +70,12 @@ def seed_devices(app, count: int) -> list[tuple[str, str]]:
             }
             for i, (device_id, device_name) in enumerate(pairs)
         ]
-        for start in range(0, len(docs), 1000):  # small batches: each well inside the socket timeout
-            mongo.db[KEYS].insert_many(docs[start : start + 1000])
+        for start in range(0, len(docs), 200):  # small batches: each well inside the socket timeout
+            try:
+                mongo.db[KEYS].insert_many(docs[start : start + 200], ordered=False)
+            except BulkWriteError as exc:  # a retried batch (its reply timed out on a busy machine) was applied
+                if any(error["code"] != 11000 for error in exc.details["writeErrors"]):
+                    raise
     return pairs
 
 
@@ -174,7 +180,8 @@ def run_variant(name, app, env, pairs, args, warmers: bool, workdir: Path) -> di
         ttl = app.config["DEVICE_CACHE_TTL"]
         seconds = ttl * args.ttls
         sample = zipf_sampler(len(pairs), args.s, args.seed)
-        gaps = [2 * ttl - app.config["WARM_INTERVAL"], 2 * ttl]  # the default's hit window after a lookup
+        window = app.config["WARM_WINDOW"]
+        gaps = [window + ttl - app.config["WARM_INTERVAL"], window + ttl]  # the default's hit window after a lookup
         snaps, after_gap = drive(app, pairs, sample, args.rate, seconds, args.threads, [ttl * args.skip], gaps)
     finally:
         celery.stop_all()
@@ -279,16 +286,16 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`: {args.devices:,} devices, Zipf s = {args.s}, "
         f"{args.rate:g} lookups/s through `lookup_device` in {args.threads} threads, time accelerated "
         f"{args.speedup:g}× (DEVICE_CACHE_TTL {ttl} s, WARM_INTERVAL {round(240 / args.speedup)} s, "
-        f"HOT_HALF_LIFE {3600 / args.speedup:g} s), {args.ttls} TTLs per run; "
+        f"HOT_HALF_LIFE {3600 / args.speedup:g} s, WARM_WINDOW {3 * ttl} s = 3 x TTL), {args.ttls} TTLs per run; "
         f'"steady" leaves out the first {args.skip} TTLs. A warm-up loads up to 200 devices per MongoDB query, '
         "so `loads` counts queries; 'devices warmed' counts devices the warmer refreshed. Without warmers every "
         "device costs one miss per TTL in which it is looked up, so the hit ratio is capped by how many distinct "
         "devices a TTL sees. By default (WARM_TOP_N unset) a warm-up refreshes every device looked up within the "
-        "last TTL whose entry would expire before the next run: the last warm-up that still counts a lookup "
-        "refreshes the entry for one more TTL, so the entry outlives the device's last lookup by between "
-        "2 x TTL - WARM_INTERVAL and 2 x TTL, and a lookup after a longer gap misses. The last column profiles "
-        "the steady lookups by that gap (a device's first lookup counts as a long one): the default's misses "
-        "per 1,000 fall between its two figures, which no warm-up of devices looked up within a TTL can lower. "
+        "last WARM_WINDOW whose entry would expire before the next run: the last warm-up that still counts a "
+        "lookup refreshes the entry for one more TTL, so the entry outlives the device's last lookup by between "
+        "WARM_WINDOW + TTL - WARM_INTERVAL and WARM_WINDOW + TTL, and a lookup after a longer gap misses. The "
+        "last column profiles the steady lookups by that gap (a device's first lookup counts as a long one): "
+        "the default's misses per 1,000 fall between its two figures, which no warm-up of that window can lower. "
         "Capped at a top 100 the warm-up removes just those 100 devices' misses. The service's near cache is on "
         "(its hits count as hits).",
         "",

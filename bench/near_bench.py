@@ -11,6 +11,9 @@ Starts its own redis-server and SecantusDB (demo data: 50 devices, every fifth p
                both from the near cache)
      redis     the same public lookup on a second instance with ``L1_CACHE_SIZE=0`` (one GET)
      ceiling   /bench/ceiling: a bare route doing one Redis GET (the same body)
+     bare      the external ceiling (issue 16): ``bench.bareapp:app``, a separate minimal Flask app
+               doing one Redis GET and answering the lookup's body as is, under the same gunicorn
+               settings; it pays none of the service's per-request work
 2. Coherence. Two replicas (gunicorn ``-w 2 -k gthread --threads 4``). For 60 s, one client
    registers and deletes keys in one device's chain through replica A, and the moment each
    response arrives reads the device through replica B on eight keep-alive connections (spread
@@ -38,10 +41,23 @@ from urllib.parse import quote, urlsplit
 
 import redis
 
-from bench.common import CEILING_KEY, HIT_DEVICE, PREFIX, Servers, bench_env, med, seed, start_bench_app, start_replica
+from bench.bareapp import BARE_KEY
+from bench.common import (
+    CEILING_KEY,
+    GUNICORN_SETTINGS,
+    HIT_DEVICE,
+    PREFIX,
+    Servers,
+    bench_env,
+    med,
+    seed,
+    start_bench_app,
+    start_replica,
+)
 from bench.load import CpuMeter, LoadGen, find_loadgen
 from bench.sections import publish
 from devstack.processes import ROOT, Group, signals_exit
+from devstack.web import start_gunicorn
 
 SECTION = "## Near cache (issue 10)"
 PRIVATE_DEVICE = ("demo-00005", "Room 3")  # demo-data makes every fifth device private
@@ -50,6 +66,7 @@ LABELS = {
     "owner": "owner's bearer, private device, warm",
     "redis": "lookup route, warm, `L1_CACHE_SIZE=0` (one Redis GET)",
     "ceiling": "ceiling: a bare route doing one Redis GET",
+    "bare": "external ceiling: a minimal Flask app doing one Redis GET (`bench/bareapp.py`)",
 }
 VARIANTS = tuple(LABELS)
 
@@ -71,7 +88,11 @@ def throughput(group: Group, env: dict, workdir: Path, token: str, meter: CpuMet
     get(urls["l1"])  # fills the lookup's entry, which the ceiling's value copies
     client = redis.Redis.from_url(env["REDIS_URL"])
     client.set(CEILING_KEY, client.get(f"{PREFIX}device:{HIT_DEVICE[0]}|{HIT_DEVICE[1]}"))
+    client.set(PREFIX + BARE_KEY, get(urls["l1"])[1])  # the external ceiling answers the lookup's own body
     client.close()
+    _, base_bare = start_gunicorn(group, "gunicorn-bare", GUNICORN_SETTINGS, env, workdir / "gunicorn-bare.log",
+                                  app="bench.bareapp:app", health="/")  # fmt: skip
+    urls["bare"] = base_bare + "/"
     bodies = {}
     for name, url in urls.items():
         status, body = get(url, auth if name == "owner" else None)
@@ -216,7 +237,7 @@ def memory(env: dict, entries: int) -> dict:
     return json.loads(line.removeprefix("BENCHJSON "))
 
 
-def report(result: dict, coherence: dict, mem: dict, args, others: list[float]) -> str:
+def report(result: dict, coherence: dict | None, mem: dict | None, args, others: list[float]) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         SECTION,
@@ -227,26 +248,36 @@ def report(result: dict, coherence: dict, mem: dict, args, others: list[float]) 
         f"gunicorn `-w 2 -k gevent` serving `bench.benchapp:app`; {args.rounds} rounds x {args.duration:g} s per "
         "variant and wrk setting, medians; metrics on (the default) in every variant.",
         "",
-        "| wrk | variant | req/s | x ceiling | p50 ms | p99 ms | non-2xx |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "The external ceiling (issue 16) is a separate process: `gunicorn bench.bareapp:app` with the same "
+        "settings, a minimal Flask app whose one route does one Redis GET and answers the lookup's body as "
+        'is; "x bare app" is each variant\'s median requests/s over its (goals: warm anonymous lookup >= 1.3x, '
+        'owner\'s bearer read >= 1.1x), "paired" the median over rounds of the ratio within each round (the '
+        'variants of a round run back to back, so a drift of the machine\'s load cancels out). "x ceiling" is '
+        "over the route inside the service doing one Redis GET, which pays the service's own per-request work too.",
+        "",
+        "| wrk | variant | req/s | x bare app | x bare app, paired | x ceiling | p50 ms | p99 ms | non-2xx |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for config, runs in result["runs"].items():
-        ceiling = med(runs["ceiling"], "rps")
+        ceiling, bare = med(runs["ceiling"], "rps"), med(runs["bare"], "rps")
         for name in VARIANTS:
             rps, p50, p99 = (med(runs[name], field) for field in ("rps", "p50_us", "p99_us"))
             non2xx = sum(r["non2xx"] for r in runs[name])
+            paired = statistics.median(a["rps"] / b["rps"] for a, b in zip(runs[name], runs["bare"], strict=True))
             lines.append(
-                f"| `{config}` | {LABELS[name]} | {rps:,.0f} | {rps / ceiling:.2f} | {p50 / 1000:.2f} "
-                f"| {p99 / 1000:.2f} | {non2xx} |"
+                f"| `{config}` | {LABELS[name]} | {rps:,.0f} | {rps / bare:.2f} | {paired:.2f} | {rps / ceiling:.2f} "
+                f"| {p50 / 1000:.2f} | {p99 / 1000:.2f} | {non2xx} |"
             )
     lines += [
         "",
-        "Requests/s per round (l1 / owner / redis / ceiling):",
+        "Requests/s per round (l1 / owner / redis / ceiling / bare app):",
         "",
     ]
     for config, runs in result["runs"].items():
         per = ["/".join(f"{runs[name][i]['rps']:,.0f}" for name in VARIANTS) for i in range(args.rounds)]
         lines.append(f"- `{config}`: " + "; ".join(per))
+    if coherence is None:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         f"Coherence: {coherence['seconds']:.0f} s of key changes in one device's chain through replica A (register "
@@ -278,6 +309,7 @@ def main() -> int:
     parser.add_argument("--storm", type=float, default=60, help="seconds of the coherence storm")
     parser.add_argument("--entries", type=int, default=10_000, help="near-cache entries of the memory run")
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--throughput-only", action="store_true", help="skip coherence and memory; print only")
     args = parser.parse_args()
     with signals_exit(), Servers("near-bench-") as servers:
         group, workdir = servers.group, servers.workdir
@@ -286,6 +318,9 @@ def main() -> int:
         demo = seed(env, workdir, 50)
         result = throughput(group, env, workdir, demo["token"], meter, args)
         others = [r["others"] for runs in result["runs"].values() for rs in runs.values() for r in rs]
+        if args.throughput_only:
+            print(report(result, None, None, args, others))
+            return 0
         coherence = storm(group, env, workdir, demo["token"], args.storm)
         mem = memory(env, args.entries)
     publish(report(result, coherence, mem, args, others), write=not args.no_docs)

@@ -40,6 +40,42 @@ def test_a_sane_request_id_is_echoed_and_any_other_replaced(client, sent, echoed
         assert given != sent and re.fullmatch(r"[0-9a-f]{16}-[0-9a-f]+", given)
 
 
+def test_a_forked_worker_makes_request_ids_of_its_own_prefix():
+    """The prefix is renewed at fork (no os.getpid() per request): two workers never share ids."""
+    from app.metrics import request_id_from
+
+    parent = request_id_from(None).split("-")[0]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its first two ids and leave without running the parent's atexit
+        os.write(write, f"{request_id_from(None)} {request_id_from(None)}".encode())
+        os._exit(0)
+    os.close(write)
+    first, second = os.read(read, 200).decode().split()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert first.split("-")[0] == second.split("-")[0] != parent
+    assert first.endswith("-1") and second.endswith("-2")  # a fresh count too
+    assert request_id_from(None).split("-")[0] == parent  # the parent keeps its own
+
+
+def test_json_bodies_are_byte_for_byte_flasks_own(app):
+    """The kept encoders (app.JSONProvider) write what Flask's DefaultJSONProvider writes."""
+    from datetime import UTC, datetime
+
+    from flask.json.provider import DefaultJSONProvider
+
+    flask_own = DefaultJSONProvider(app)
+    flask_own.sort_keys = False
+    body = {"z": 1, "a": [1.5, None, True], "é": "\u00e9 ü", "t": datetime(2026, 1, 2, tzinfo=UTC), "n": {"b": 2}}
+    with app.app_context():
+        for debug in (False, True):
+            app.debug = debug
+            assert app.json.response(body).get_data() == flask_own.response(body).get_data()
+            assert app.json.response(body).mimetype == "application/json"
+        app.debug = False
+
+
 def test_every_response_carries_a_request_id_errors_included(app, client):
     @app.get("/boom")
     def boom():

@@ -198,18 +198,47 @@ def test_post_cache_warm_is_admin_only_and_validates_limit(make_app):
         assert response.status_code == 400, (body, response.get_json())
 
 
-def test_by_default_a_warm_up_refreshes_every_device_looked_up_within_a_ttl(make_app, raw):
-    """No WARM_TOP_N: not a top 100, every pair seen within DEVICE_CACHE_TTL (at most HOT_MAX_DEVICES)."""
+def test_by_default_a_warm_up_refreshes_every_device_looked_up_within_the_window(make_app, raw):
+    """No WARM_TOP_N: not a top 100, every pair seen within WARM_WINDOW (at most HOT_MAX_DEVICES)."""
     app = make_app(DEVICE_CACHE_TTL=60)
     assert app.config["WARM_TOP_N"] is None
+    assert app.config["WARM_WINDOW"] == 180  # 3 x DEVICE_CACHE_TTL
     with app.app_context():
         for i in range(150):  # unknown pairs: their (negative) entries are lookups like any other
             lookup_device(f"ghost-{i}", "room")
     app.extensions["shared_cache"].flush()
     for i in range(150):
         raw.delete(entry_key(app, f"ghost-{i}"))
-    raw.zadd(meta_key(app.config["CACHE_KEY_PREFIX"], "seen:device"), {"device:old|room": time.time() - 61})
+    raw.zadd(meta_key(app.config["CACHE_KEY_PREFIX"], "seen:device"), {"device:old|room": time.time() - 181})
     with running_worker(app) as celery:
         assert run_task(celery, WARM) == {"warmed": 150, "skipped": 0, "errors": 0}
     assert all(raw.exists(entry_key(app, f"ghost-{i}")) for i in range(150))
-    assert not raw.exists(entry_key(app, "old"))  # last looked up more than a TTL ago: left to expire
+    assert not raw.exists(entry_key(app, "old"))  # last looked up before the window: left to expire
+
+
+def test_default_window_warms_a_device_looked_up_two_ttls_ago_but_not_one_older_than_the_window(make_app, raw):
+    """The default WARM_WINDOW (3 x DEVICE_CACHE_TTL) reaches past the TTL that used to bound the warm-up."""
+    app = make_app(DEVICE_CACHE_TTL=60)
+    make_hot(app, {"recent": 2, "two-ttls": 1, "older": 1})
+    raw.delete(*(entry_key(app, device_id) for device_id in ("recent", "two-ttls", "older")))
+    seen_key = meta_key(app.config["CACHE_KEY_PREFIX"], "seen:device")
+    now = time.time()
+    raw.zadd(seen_key, {"device:two-ttls|room": now - 2 * 60, "device:older|room": now - 3 * 60 - 5})
+    with running_worker(app) as celery:
+        assert run_task(celery, WARM) == {"warmed": 2, "skipped": 0, "errors": 0}
+    assert raw.exists(entry_key(app, "recent")) and raw.exists(entry_key(app, "two-ttls"))
+    assert not raw.exists(entry_key(app, "older"))
+    assert raw.zscore(seen_key, "device:older|room") is None  # forgotten: outside the window
+
+
+def test_warm_window_is_a_setting_and_warm_top_n_still_caps_it(make_app, raw):
+    app = make_app(DEVICE_CACHE_TTL=60, WARM_INTERVAL=30, WARM_WINDOW=90, WARM_TOP_N=1)
+    make_hot(app, {"hot": 3, "warm": 2, "gone": 1})
+    raw.delete(*(entry_key(app, device_id) for device_id in ("hot", "warm", "gone")))
+    raw.zadd(meta_key(app.config["CACHE_KEY_PREFIX"], "seen:device"), {"device:gone|room": time.time() - 100})
+    with running_worker(app) as celery:
+        assert run_task(celery, WARM) == {"warmed": 1, "skipped": 0, "errors": 0}  # WARM_TOP_N caps
+        assert raw.exists(entry_key(app, "hot")) and not raw.exists(entry_key(app, "warm"))
+        assert run_task(celery, WARM, 5) == {"warmed": 1, "skipped": 1, "errors": 0}
+    assert raw.exists(entry_key(app, "warm"))
+    assert not raw.exists(entry_key(app, "gone"))  # 100 s ago: outside a 90 s window

@@ -54,7 +54,7 @@ def decay_hotness(dc: SharedCache, now: float | None = None) -> int:
 def recently_looked_up(dc: SharedCache, since: float, limit: int) -> list[tuple[str, str]]:
     """Every pair looked up since ``since`` (Unix time), the hottest first; at most ``limit``."""
     seen = dc.keys.seen
-    dc.client.zremrangebyscore(seen, "-inf", f"({since}")  # forgotten: not looked up within a TTL
+    dc.client.zremrangebyscore(seen, "-inf", f"({since}")  # forgotten: not looked up within WARM_WINDOW
     keys = dc.client.zrangebyscore(seen, since, "+inf")
     if not keys:
         return []
@@ -69,14 +69,16 @@ def refresh_below(config: dict[str, Any]) -> float:
 
 
 def warm_hot_devices(limit: int | None = None) -> dict[str, Any]:
-    """Refresh the devices looked up within the last ``DEVICE_CACHE_TTL`` whose entries are missing
-    or would expire before the next run: all of them (at most ``HOT_MAX_DEVICES``, the bound of the
-    set that remembers them), or the hottest ``limit`` / ``WARM_TOP_N`` when given.
+    """Refresh the devices looked up within the last ``WARM_WINDOW`` seconds whose entries are
+    missing or would expire before the next run: all of them (at most ``HOT_MAX_DEVICES``, the
+    bound of the set that remembers them), or the hottest ``limit`` / ``WARM_TOP_N`` when given.
 
     A device costs one miss per TTL in which it is looked up unless it is refreshed: warming only
-    a top 100 barely moves the hit ratio of a long tail, warming every device seen within a TTL
-    removes the misses of those looked up at least about once per TTL plus an interval; rarer
-    lookups still miss (docs/BENCHMARKS.md).
+    a top 100 barely moves the hit ratio of a long tail. Warming every device seen within the
+    window keeps an entry alive for between ``WARM_WINDOW + TTL - WARM_INTERVAL`` and
+    ``WARM_WINDOW + TTL`` after its device's last lookup; only lookups after a longer gap miss.
+    The default window (3 TTLs) trades about three times the warmed entries of a one-TTL window
+    for the long tail's misses (docs/BENCHMARKS.md).
     """
     dc: SharedCache = shared_cache()
     config = current_app.config
@@ -88,7 +90,7 @@ def warm_hot_devices(limit: int | None = None) -> dict[str, Any]:
                 return {**result, "overlap": True}
             decay_hotness(dc)
             cap = min(limit or config["HOT_MAX_DEVICES"], config["HOT_MAX_DEVICES"])
-            pairs = recently_looked_up(dc, time.time() - config["DEVICE_CACHE_TTL"], cap)
+            pairs = recently_looked_up(dc, time.time() - config["WARM_WINDOW"], cap)
             pipe = dc.client.pipeline(transaction=False)
             for device_id, device_name in pairs:
                 pipe.pttl(dc.keys.value(device_key(device_id, device_name)))

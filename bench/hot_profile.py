@@ -1,0 +1,196 @@
+"""Where a warm request's time goes, in process (issue 16 §5): the WSGI app called directly.
+
+    . .venv/bin/activate && python -m bench.hot_profile            # about a minute
+    python -m bench.hot_profile --profile owner --top 40           # cProfile of one variant
+
+Starts its own redis-server and SecantusDB (demo data, as ``bench/near_bench.py``), builds the
+service (``bench.benchapp:app``) and the external ceiling (``bench.bareapp:app``) in this process
+and calls each WSGI app with a prepared environ, no HTTP server and no gevent, so what is left is
+the Python each request runs: Flask, the request hooks, the lookup, JSON. Prints microseconds of
+CPU per request (median of batches) for the warm anonymous lookup, the owner's bearer read of a
+private device and the bare app, their ratios, and optionally the cProfile top entries. With
+``--doc`` it writes the figures and the top entries of the anonymous lookup's profile into
+docs/BENCHMARKS.md under "Hot path in process (issue 16)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import io
+import os
+import pstats
+import statistics
+import sys
+import time
+from urllib.parse import quote
+
+from bench.common import HIT_DEVICE, PREFIX, Servers, bench_env, seed
+from bench.sections import publish
+
+SECTION = "## Hot path in process (issue 16)"
+LABELS = {
+    "l1": "warm anonymous lookup (near cache)",
+    "owner": "owner's bearer read of a private device (near cache)",
+    "bare": "bare app: one Redis GET (`bench/bareapp.py`)",
+}
+
+PRIVATE_DEVICE = ("demo-00005", "Room 3")
+
+
+def environ(path: str, headers: dict[str, str]) -> dict:
+    env = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "40000",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_USER_AGENT": "wrk",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    env.update({"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()})
+    return env
+
+
+def caller(app, path: str, headers: dict[str, str]):
+    template = environ(path, headers)  # PATH_INFO is the decoded path, as a WSGI server gives it
+    statuses: list[str] = []
+
+    def start_response(status, response_headers, exc_info=None):
+        statuses.append(status)
+
+    def call() -> None:
+        env = dict(template)
+        env["wsgi.input"] = io.BytesIO(b"")
+        body = app(env, start_response)
+        try:
+            for _ in body:
+                pass
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+
+    call()
+    if not statuses[-1].startswith("200"):
+        raise RuntimeError(f"{path} answered {statuses[-1]}")
+    return call
+
+
+def per_request_us(calls: dict, n: int, batches: int) -> dict[str, float]:
+    """Median CPU microseconds per request of each call, batches interleaved (the machine's load
+    drifts: interleaving keeps the ratios meaningful)."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(batches):
+        for name, call in calls.items():
+            cpu = time.process_time()
+            for _ in range(n):
+                call()
+            samples[name].append((time.process_time() - cpu) / n * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=500, help="per batch")
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--profile", choices=("l1", "owner", "bare"), nargs="*", default=[])
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--sort", default="tottime")
+    parser.add_argument("--doc", action="store_true", help="write the section in docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.doc and "l1" not in args.profile:
+        args.profile = [*args.profile, "l1"]
+    with Servers("hot-profile-") as servers:
+        env = bench_env(servers.redis, servers.mongo_port)
+        demo = seed(env, servers.workdir, 50)
+        os.environ.update(env)
+        from bench.bareapp import BARE_KEY
+        from bench.bareapp import app as bare_app
+        from bench.benchapp import app
+
+        try:
+            auth = {"Authorization": f"Bearer {demo['token']}"}
+            calls = {
+                "l1": caller(app, f"/api/v1/devices/{HIT_DEVICE[0]}/{HIT_DEVICE[1]}", {}),
+                "owner": caller(app, f"/api/v1/devices/{PRIVATE_DEVICE[0]}/{PRIVATE_DEVICE[1]}", auth),
+            }
+            body = app.test_client().get(f"/api/v1/devices/{quote(HIT_DEVICE[0])}/{quote(HIT_DEVICE[1])}").data
+            app.extensions["device_cache"].client.set(PREFIX + BARE_KEY, body)
+            calls["bare"] = caller(bare_app, "/", {})
+            for call in calls.values():  # warm: near cache subscribed and filled
+                for _ in range(200):
+                    call()
+            time.sleep(0.5)
+            us = per_request_us(calls, args.requests, args.batches)
+            for name, value in us.items():
+                print(f"{name:6s} {value:7.1f} us CPU/request   bare/this {us['bare'] / value:.2f}")
+            profiles = {}
+            for name in args.profile:
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for _ in range(args.requests):
+                    calls[name]()
+                profiler.disable()
+                out = io.StringIO()
+                pstats.Stats(profiler, stream=out).sort_stats(args.sort).print_stats(args.top)
+                print(f"\n=== {name}: {args.requests} requests, sorted by {args.sort}")
+                print(out.getvalue())
+                profiles[name] = profiler
+        finally:
+            app.extensions["device_cache"].stop()
+    if args.doc:
+        publish(report(us, profiles["l1"], args), write=True)
+    return 0
+
+
+def report(us: dict[str, float], profiler: cProfile.Profile, args: argparse.Namespace) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        SECTION,
+        "",
+        f"Measured {stamp} with `python -m bench.hot_profile --doc` on {os.cpu_count()} cores (shared with other "
+        "work: ratios are the point, batches interleaved): each WSGI app called in process with a prepared "
+        f"environ, no HTTP server and no gevent; {args.batches} batches of {args.requests} requests per variant, "
+        "median CPU microseconds per request. What HTTP adds (gunicorn, gevent, sockets) is the same for every "
+        "variant, so the ratios over HTTP (`near_bench.py`) are closer to 1 than these.",
+        "",
+        "| variant | CPU us per request | requests/s over the bare app's (same CPU) |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, label in LABELS.items():
+        lines.append(f"| {label} | {us[name]:.1f} | {us['bare'] / us[name]:.2f} |")
+    stats = pstats.Stats(profiler)
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][3])  # cumulative time
+    total = max(row[1][3] for row in rows)
+    lines += [
+        "",
+        f"Where the warm anonymous lookup's time goes (cProfile, {args.requests} requests; cumulative share of the "
+        "request, functions at 5 % or more, the profiler's own overhead included):",
+        "",
+        "| function | calls per request | cumulative share |",
+        "| --- | ---: | ---: |",
+    ]
+    for (path, line, func), (_, calls, _, cumulative, _) in rows:
+        share = cumulative / total
+        if share < 0.05:
+            break
+        where = path.split("site-packages/")[-1].removeprefix(os.getcwd() + "/")
+        lines.append(f"| `{where}:{line}({func})` | {calls / args.requests:g} | {share:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
