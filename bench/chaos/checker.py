@@ -74,6 +74,11 @@ def timelines(ops: Iterable[Op]) -> dict[tuple[str, str], PairTimeline]:
     return {pair: PairTimeline(changes) for pair, changes in by_pair.items()}
 
 
+def after(op: Op, change: Op) -> str:
+    """Which change a read came after, and how long after its response it started."""
+    return f"after #{change.id} (+{(op.start - change.end) * 1000:.0f} ms)"
+
+
 def check_lookups(ops: list[Op], lines: dict, t0: float) -> list[str]:
     """A lookup's found/unknown and its chain against the pairs' states when it started."""
     chains: dict[tuple[str, str], set[str]] = defaultdict(set)  # (owner, name) -> ids
@@ -88,9 +93,9 @@ def check_lookups(ops: list[Op], lines: dict, t0: float) -> list[str]:
             continue
         state, change = lines[op.pair].state(op.start, op.end)
         if state == PRESENT and op.status == 404:
-            found.append(f"unknown after its key's create answered: {describe(op, t0)} after #{change.id}")
+            found.append(f"unknown after its key's create answered: {describe(op, t0)} {after(op, change)}")
         elif state == ABSENT and op.status == 200:
-            why = f"after #{change.id}" if change else "never created"
+            why = after(op, change) if change else "never created"
             found.append(f"found after its last key's delete answered: {describe(op, t0)} {why}")
         if op.status != 200 or "chain" not in op.resp:
             continue
@@ -100,7 +105,7 @@ def check_lookups(ops: list[Op], lines: dict, t0: float) -> list[str]:
             shown = device_id in op.resp["chain"]
             if (state == PRESENT and not shown) or (state == ABSENT and shown and change is not None):
                 where = "in" if shown else "out"
-                found.append(f"chain shows {device_id} {where}: {describe(op, t0)} after #{change.id}")
+                found.append(f"chain shows {device_id} {where}: {describe(op, t0)} {after(op, change)}")
     return found
 
 
@@ -120,12 +125,12 @@ def check_pushes(ops: list[Op], lines: dict, t0: float) -> list[str]:
             continue
         gone = deleted.get(op.req["key_id"])
         if op.status == 201 and gone is not None and gone.end < op.start:
-            found.append(f"push accepted with a deleted key: {describe(op, t0)} after #{gone.id}")
+            found.append(f"push accepted with a deleted key: {describe(op, t0)} {after(op, gone)}")
         if op.status in (401, 403) and op.pair in lines:
             state, change = lines[op.pair].state(op.start, op.end)
             made = created.get(op.req["key_id"])
             if state == PRESENT and made is not None and change is made:
-                found.append(f"push refused with a live key: {describe(op, t0)} after #{made.id}")
+                found.append(f"push refused with a live key: {describe(op, t0)} {after(op, made)}")
     return found
 
 
