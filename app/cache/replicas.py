@@ -2,15 +2,18 @@
 
 Redis replicates asynchronously, so a primary that fails right after a write can be replaced
 by a replica that never saw it: an UNLINK undone brings a stale lookup back. After such a
-write we send ``WAIT 1 <CACHE_REPLICA_WAIT_MS>`` on the same connection (one pipeline) when
-the primary has replicas, and call the write done only once a replica has acknowledged it.
+write we send ``WAIT <replicas> <CACHE_REPLICA_WAIT_MS>`` on the same connection (one pipeline)
+when the primary has replicas, and call the write done only once every connected replica has
+acknowledged it (whichever one a failover promotes has it).
 Whether a primary has replicas is read from ``INFO replication`` and kept a few seconds.
 
 A primary that had replicas and suddenly has none may be the losing side of a failover (a
 Sentinel failover detaches the promoted replica first, and demotes the old master up to ten
 seconds later; what it is sent meanwhile is lost). Writes to it count as durable only once it
 has had no replicas for ``LOST_GRACE`` seconds; until then they are retried, and the retry
-asks the topology again where the primary is.
+asks the topology again where the primary is. On Sentinel and Cluster, so is a primary first
+seen without replicas within ``LOST_GRACE`` of an outage or a failover (a replica just promoted,
+which a second failover could replace before its own replicas attach).
 """
 
 from __future__ import annotations
@@ -35,13 +38,15 @@ class _Primary:
 
 
 class Replicas:
-    def __init__(self, wait_ms: int) -> None:
+    def __init__(self, wait_ms: int, may_move: bool = False) -> None:
         self.wait_ms = wait_ms
+        self.may_move = may_move  # Sentinel, Cluster: a primary can be replaced by a replica
         self.after_fork()
 
     def after_fork(self) -> None:
         self._lock = threading.Lock()
         self._known: dict[str, _Primary] = {}
+        self._moved_at: float | None = None  # when the primaries last may have changed
 
     def count(self, name: str, node: Redis, fresh: bool = False) -> int:
         """Replicas connected to this primary (``name`` as the topology names it: its address)."""
@@ -55,6 +60,10 @@ class Replicas:
             lost_at = known.lost_at if known is not None and not connected else None
             if known is not None and known.count and not connected:
                 lost_at = now
+            elif known is None and not connected and self._moved_at is not None and now - self._moved_at < LOST_GRACE:
+                # A primary first seen right after a failover, with no replica yet: it may be
+                # failed over in turn before one attaches (what it was sent is then lost).
+                lost_at = now
             self._known[name] = _Primary(connected, now + (REPLICAS_TTL if connected else NO_REPLICAS_TTL), lost_at)
         return connected
 
@@ -67,6 +76,8 @@ class Replicas:
         """After an outage or a failover the primaries may have changed."""
         with self._lock:
             self._known.clear()
+            if self.may_move:
+                self._moved_at = time.monotonic()
 
     def write(self, name: str, node: Redis, add: Callable[[Any], object]) -> tuple[list[Any], bool]:
         """Run the commands ``add`` puts in a pipeline on this primary: (their replies, durable).
@@ -78,10 +89,16 @@ class Replicas:
         pipe = node.pipeline(transaction=False)
         add(pipe)
         if replicas:
-            pipe.execute_command("WAIT", 1, self.wait_ms)
+            # Every connected replica, not one: a failover promotes one of them, not always the
+            # one that acknowledged (a primary killed and its best replica with it).
+            pipe.execute_command("WAIT", replicas, self.wait_ms)
         replies = pipe.execute()
         if not replicas:
             return replies, self._settled_alone(name)
-        if replies.pop() >= 1:
+        acknowledged = replies.pop()
+        if acknowledged >= replicas:
             return replies, True
-        return replies, self.count(name, node, fresh=True) == 0 and self._settled_alone(name)
+        connected = self.count(name, node, fresh=True)  # a replica gone meanwhile is not waited for
+        if connected:
+            return replies, acknowledged >= connected
+        return replies, self._settled_alone(name)

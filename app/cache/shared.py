@@ -76,7 +76,7 @@ class SharedCache:
         self.admin_timeout = 2.0
         self.breaker = CircuitBreaker(config["CACHE_BREAKER_THRESHOLD"], config["CACHE_PROBE_INTERVAL"])
         self.breaker.on_change = self._breaker_changed
-        self.replicas = Replicas(config["CACHE_REPLICA_WAIT_MS"])
+        self.replicas = Replicas(config["CACHE_REPLICA_WAIT_MS"], topology.may_move)
         self.counters_buffer = CounterBuffer(topology, self.keys, config["HOT_MAX_DEVICES"], self.replicas)
         self.invalidator = Invalidator(topology, self.client, self.replicas, self.failed)
         self.near = NearCache(
