@@ -26,6 +26,9 @@ def service_env(settings: Mapping[str, Any], **extra: Any) -> dict[str, str]:
             continue
         env[name] = str(value)
     env["PYTHONUNBUFFERED"] = "1"
+    # No drain before a stop unless asked for: the drain gives a load balancer time to notice
+    # (Kubernetes, HAProxy); local runs, tests and benchmarks have none and stop at once.
+    env.setdefault("SHUTDOWN_DRAIN_SECONDS", "0")
     return env
 
 

@@ -145,6 +145,8 @@ def test_app_started_with_redis_down_serves_then_caches_once_redis_is_up(setting
         redis_alive.start()  # no rebuild of the app
         dc = app.extensions["shared_cache"]
         assert wait_until(lambda: not dc.breaker.is_open)
+        with app.app_context():  # and the outage's invalidations are applied (app/cache/outbox.py)
+            assert wait_until(dc.readable, 5.0)
         assert client.get(URL).status_code == 200
         assert json.loads(raw.get(settings["CACHE_KEY_PREFIX"] + "device:dev-1|room"))["chain"] == ["dev-1"]
         assert client.get("/health").get_json()["status"] == "ok"

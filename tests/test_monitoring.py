@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from app.metrics import CACHES
 from devstack.ports import free_port
 from devstack.processes import spawn, stop_process
 from tests.conftest import create_user, register
@@ -221,8 +222,8 @@ def test_real_prometheus_computes_the_hit_ratio_the_test_caused(app, client, liv
     replica = live_replica(workers=2)
     with Prometheus(tmp_path, f"127.0.0.1:{replica.port}") as prom:
         # Scraped before any lookup: both series start at 0 in the window, so rate() scales both alike.
-        # (hit and miss, of device lookups and of the verified tokens' users)
-        prom.wait_for('count(opensensor_cache_gets_total{job="opensensor-web"})', 4)
+        # (hit and miss of each kind: device lookups, verified tokens' users, readings chunks)
+        prom.wait_for('count(opensensor_cache_gets_total{job="opensensor-web"})', 2 * len(CACHES))
         prom.wait_for('sum(opensensor_cache_gets_total{job="opensensor-web"})', 0)
         for device_id in devices:  # one miss, then three hits each: 12 / 16
             for _ in range(4):

@@ -105,6 +105,9 @@ def api(redis_server, mongo_uri, tmp_path_factory) -> Iterator[Api]:
         result = app.test_cli_runner().invoke(args=["import-opensensor", "--source-uri", f"{mongo_uri}/os_{tag}"])
         assert result.exit_code == 0, result.output
         mongo.drop_database(f"os_{tag}")
+    # Seeded: the in-process app's cache thread stops (its MongoDB polls draw on the global random
+    # state, which Hypothesis reports as randomness inside its strategies).
+    stop_app(app)
     replica = LiveReplica(
         settings_, Path(tmp_path_factory.mktemp("schemathesis")) / "replica.log", workers=2, threads=4
     )
@@ -115,7 +118,6 @@ def api(redis_server, mongo_uri, tmp_path_factory) -> Iterator[Api]:
         yield Api(replica.url, owner, admin, key, workflow)
     finally:
         replica.stop()
-        stop_app(app)
         with contextlib.closing(MongoClient(mongo_uri)) as mongo:
             mongo.drop_database(f"st_{tag}")
         with contextlib.closing(redis.Redis(port=redis_server.port, db=3)) as broker:
