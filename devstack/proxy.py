@@ -2,6 +2,7 @@
 
 ``cut(seconds)`` closes every connection through it at once and, for ``seconds``, closes each
 new one as soon as it is accepted (the replica sees resets, not a hang); ``heal()`` ends that early.
+``delay`` (seconds) holds back what Redis sends before passing it on: a slow route to one replica.
 Considered: toxiproxy (a Go server, not on PyPI or Debian) and ``iptables`` (needs root and
 would cut every process on the port, not one replica); a threaded proxy of ~100 lines does it.
 """
@@ -28,6 +29,7 @@ class TcpProxy:
         self._refuse_until = 0.0
         self._closed = False
         self.cuts = 0
+        self.delay = 0.0  # seconds each chunk from Redis waits before it is passed on
         threading.Thread(target=self._accept_loop, name=f"proxy-{self.port}", daemon=True).start()
 
     def url(self, db: int = 0) -> str:
@@ -76,12 +78,14 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._conns.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, delayed in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(src, dst, delayed), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, delayed: bool) -> None:
         try:
             while chunk := src.recv(65536):
+                if delayed and self.delay:
+                    time.sleep(self.delay)
                 dst.sendall(chunk)
         except OSError:
             pass

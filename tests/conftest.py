@@ -13,6 +13,7 @@ from flask import Flask
 from pymongo import MongoClient
 
 from app import create_app
+from app.cache import shared
 from devstack.cluster import ClusterSet
 from devstack.mongo import MongoServer, mongo_base_uri
 from devstack.redis_server import RedisServer
@@ -30,6 +31,19 @@ all_brokers = pytest.mark.parametrize("celery_broker", ("redis", "rabbitmq"), in
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 Deployment = RedisServer | SentinelSet | ClusterSet
+
+
+@pytest.fixture(autouse=True)
+def _caches_end_with_their_test() -> Iterator[None]:
+    """The background threads of every app a test built stop when the test ends, stopped by it or
+    not. A thread left running keeps probing servers long gone for the rest of the session: CPU
+    taken from every later test, and draws from the global ``random`` (redis-py shuffles a
+    Cluster's startup nodes) that Hypothesis, in a later test, takes for its strategy's own."""
+    before = set(shared._instances)
+    yield
+    for cache in set(shared._instances) - before:
+        cache.background.stop()
+        cache.near.stop()
 
 
 @pytest.fixture(scope="session")

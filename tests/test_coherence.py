@@ -20,8 +20,9 @@ from pymongo import MongoClient
 
 from app.cache.shared import shared_cache
 from app.db import OUTBOX
+from devstack.proxy import TcpProxy
 from devstack.wait import wait_until
-from tests.conftest import bearer, create_user, register
+from tests.conftest import bearer, build_app, create_user, near_ready, register, stop_app
 from tests.helpers import READINGS_URL, key_header, push
 
 DEVICE = "/api/v1/devices/{}/{}"
@@ -214,3 +215,57 @@ def test_the_outbox_is_empty_once_changes_are_applied(app, client, owner):
     assert wait_until(lambda: outbox(app) == [], 5.0)
     with app.app_context():
         assert shared_cache().readable()
+
+
+# -- the near cache: an invalidation that arrives late ---------------------------------------------
+
+
+def test_a_change_answers_only_once_a_slow_replicas_near_cache_has_let_go(settings, redis_alive):
+    """Replica B reaches Redis over a slow route (its invalidations arrive 40 ms late): a key
+    deleted through A is refused by B's very next request, never served from B's near cache."""
+    if "REDIS_URL" not in settings:
+        pytest.skip("one Redis server behind the proxy")
+    proxy = TcpProxy(redis_alive.port)
+    a = build_app(settings)
+    b = build_app({**settings, "REDIS_URL": proxy.url(0)})
+    try:
+        for app in (a, b):
+            near_ready(app)
+        owner = create_user(a, "owner")
+        key = register(a.test_client(), owner, "dev-1", "room")
+        for _ in range(2):  # the second lookup keeps it in B's near cache
+            assert b.test_client().get(DEVICE.format("dev-1", "room")).status_code == 200
+        assert any("dev-1" in name for name in b.extensions["shared_cache"].near._entries)
+        proxy.delay = 0.04
+        time.sleep(0.3)  # B's heartbeat answers come late too, within their 0.25 s
+        assert a.test_client().delete(f"/api/v1/api-keys/{key['key_id']}", headers=bearer(owner)).status_code == 204
+        assert b.test_client().get(DEVICE.format("dev-1", "room")).status_code == 404
+    finally:
+        for app in (a, b):
+            stop_app(app)
+        proxy.close()
+
+
+def test_a_change_waits_for_other_near_caches_only(settings, monkeypatch):
+    """The wait above is paid only when another near cache listens (``PUBSUB NUMSUB``)."""
+    from types import SimpleNamespace
+
+    from app.cache import shared
+
+    waits: list[float] = []
+    monkeypatch.setattr(shared, "time", SimpleNamespace(sleep=waits.append))  # shared.py's own sleeps
+    a = build_app(settings)
+    try:
+        near_ready(a)
+        owner = create_user(a, "owner")
+        register(a.test_client(), owner, "dev-1", "room")
+        assert waits == []  # alone: nobody else could hold the entry
+        b = build_app(settings)
+        try:
+            near_ready(b)
+            register(a.test_client(), owner, "dev-2", "room")
+            assert waits == [shared.PONG_DEADLINE]
+        finally:
+            stop_app(b)
+    finally:
+        stop_app(a)

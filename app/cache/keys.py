@@ -22,6 +22,9 @@ from __future__ import annotations
 Pair = tuple[str, str]
 
 
+NEAR_KINDS = ("device:", "user:")  # the relative keys a near cache may hold
+
+
 def device_key(device_id: str, device_name: str) -> str:
     return f"device:{device_id}|{device_name}"
 
@@ -106,7 +109,7 @@ class KeySpace:
     @property
     def near_prefixes(self) -> list[str]:
         """What the near cache may hold, and Redis tracks for it: device lookups and users."""
-        return [self.value("device:"), self.value("user:")]
+        return [self.value(kind) for kind in NEAR_KINDS]
 
     def value(self, key: str) -> str:
         return self.prefix + key

@@ -13,9 +13,11 @@ its name there, and the entry leaves L1; a null message (FLUSHDB, FLUSHALL) empt
 Guarantees, and how:
 - Never stale after a response: before serving a hit, every message already received on those
   connections is applied (a non-blocking read, parsed incrementally by ``tracking.py``). Redis
-  writes an invalidation before the reply of the write that caused it, so a request that starts
-  after the writer's response finds it. While part of a message is buffered (its rest not yet
-  arrived) L1 answers nothing: the lookup goes to Redis, it never waits for the rest.
+  writes an invalidation before the reply of the write that caused it, but the two travel on
+  different routes: a change answers only once the heartbeat rule below guarantees every other
+  near cache has applied it or stopped serving (``SharedCache.apply_own``). While part of a
+  message is buffered (its rest not yet arrived) L1 answers nothing: the lookup goes to Redis,
+  it never waits for the rest.
 - A fill racing an invalidation stores nothing: a placeholder is set before the Redis read and
   the value kept only if the placeholder is still there after it (Redis's client-side caching
   documentation describes this race).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,11 +36,12 @@ from app.cache.background import Background
 from app.cache.breaker import CircuitBreaker
 from app.cache.counters import COUNTERS, CounterBuffer
 from app.cache.invalidation import Invalidator
-from app.cache.keys import KeySpace, Pair, device_key
+from app.cache.keys import NEAR_KINDS, KeySpace, Pair, device_key
 from app.cache.lookups import Kind, Lookups
 from app.cache.near import NearCache
 from app.cache.outbox import Outbox, Record
 from app.cache.replicas import Replicas
+from app.cache.tracking import CHANNEL, PONG_DEADLINE
 from app.redis_topology import OUTAGE_ERRORS, REDIS_ERRORS, Topology, client_options
 
 # A verified bearer token's user (``app/auth.py``). An unknown user id (a well-formed token made
@@ -149,10 +151,35 @@ class SharedCache:
             self.apply_own(record)
 
     def apply_own(self, record: Record) -> None:
-        if self.apply(record):
-            self.outbox.applied(record)
-        else:
-            self.outbox.hold(record)
+        if not self.apply(record):
+            self.outbox.hold(record)  # every process applies it itself, its L1 too, before reading
+            return
+        self.outbox.applied(record)
+        if self.near.enabled and self._near_may_hold(record) and self._other_near_caches():
+            # The other processes' near caches learn of the drop from their tracking connection,
+            # which another route to Redis (a congested link, a proxy) can deliver after this
+            # response reaches its client and the client's next request reaches them. A near
+            # cache serves only on a heartbeat answer to a PING sent less than PONG_DEADLINE ago
+            # (near.py), and a PING sent after the drop is answered after its invalidation: once
+            # PONG_DEADLINE has passed, every one of them has applied it or serves nothing.
+            time.sleep(PONG_DEADLINE)
+
+    @staticmethod
+    def _near_may_hold(record: Record) -> bool:
+        """Whether a record names what a near cache may hold (device lookups, users)."""
+        return bool(record.chains or record.globs) or any(key.startswith(NEAR_KINDS) for key in record.keys)
+
+    def _other_near_caches(self) -> bool:
+        """Whether a near cache besides this process's listens on a primary (``PUBSUB NUMSUB``
+        of the tracking channel; ours is one subscriber per primary while it serves)."""
+        own = 1 if self.near.serving else 0
+        try:
+            for _name, node in self.topology.primaries(self.client):
+                if node.pubsub_numsub(CHANNEL)[0][1] > own:
+                    return True
+        except REDIS_ERRORS:
+            return True  # cannot tell: as if there were
+        return False
 
     def settle(self, *scopes: str) -> None:
         """Before a change answers that nothing was left to change (a 404, no such user)."""
