@@ -13,9 +13,11 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import click
 from celery import current_task, signals
 from celery.apps.worker import install_worker_term_handler
 from flask import g, has_request_context
+from flask.cli import FlaskGroup
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
@@ -85,12 +87,22 @@ def formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT)
 
 
+def loaded_by_flask_cli() -> bool:
+    """Whether the ``flask`` command line is loading the app (``flask --app wsgi users …``)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and isinstance(ctx.find_root().command, FlaskGroup)
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
-    """Idempotent: a second ``create_app`` (tests, the worker) only adjusts the level and format."""
+    """Idempotent: a second ``create_app`` (tests, the worker) only adjusts the level and format.
+
+    Logs go to stdout, except in a ``flask`` command: its stdout is its result (the JSON line an
+    operator's script parses), so its logs, down to the cache's at exit, go to stderr.
+    """
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "_opensensor", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = logging.StreamHandler(sys.stderr if loaded_by_flask_cli() else sys.stdout)
         handler.addFilter(TaskContextFilter())
         handler.addFilter(RequestContextFilter())
         handler._opensensor = True  # type: ignore[attr-defined]

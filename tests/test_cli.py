@@ -140,3 +140,23 @@ def test_flask_cli_entry_point_creates_a_user(settings):
     assert result.returncode == 0, result.stderr
     user = last_json_line(result.stdout)
     assert user["name"] == "operator" and user["admin"] is True and user["token"].startswith("ost_")
+
+
+def test_a_flask_commands_stdout_holds_only_its_result_and_its_logs_go_to_stderr(settings):
+    """An operator's script parses the JSON line: a log line after it (the cache warning at exit
+    that Redis was unreachable) broke the chaos run's ``users rotate-token``."""
+    env = {**os.environ}
+    for name in ("MONGO_URI", "REDIS_URL", "CELERY_BROKER_URL", "CACHE_KEY_PREFIX"):
+        env[name] = str(settings[name])
+    env["LOG_LEVEL"] = "DEBUG"  # pymongo logs every command at this level
+
+    def flask(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    assert flask("users", "create", "operator").returncode == 0
+    result = flask("users", "rotate-token", "operator")
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert json.loads(line)["token"].startswith("ost_")
+    assert "DEBUG" in result.stderr

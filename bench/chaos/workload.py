@@ -180,7 +180,11 @@ class UserThread(threading.Thread):
             history.finish(op, None, error="timeout")
             return
         if out.returncode == 0:
-            token = json.loads(out.stdout.strip().splitlines()[-1])["token"]
+            try:
+                token = json.loads(out.stdout.strip().splitlines()[-1])["token"]
+            except (IndexError, ValueError, KeyError):  # rotated, but its token is unknown: this user stops
+                history.finish(op, None, error=f"unparsable output: {out.stdout[-200:]!r}")
+                raise
             self.user.old_tokens = [self.user.token, *self.user.old_tokens][:3]
             self.user.token = token
             history.finish(op, 200, {"token": fingerprint(token)})
