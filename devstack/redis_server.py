@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -27,9 +29,20 @@ def redis_binary() -> str:
 
 
 def redis_argv(port: int, dir: str, *extra: str) -> list[str]:
-    """A redis-server on 127.0.0.1 that keeps nothing on disk (no RDB, no AOF)."""
-    return [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", dir, *extra]  # fmt: skip
+    """A redis-server on 127.0.0.1 that keeps nothing on disk (no RDB, no AOF).
+
+    ``save ""`` is not enough: a replica writes the RDB of a full sync to ``dir`` and keeps it,
+    and a restart loads it. In a shared ``dir`` (a Sentinel set's), a primary killed and
+    "restarted empty" came back with the entries of its replica's last sync, deleted keys
+    included: the chaos run's stale reads after a restart. So the sync file is deleted once
+    loaded (``rdb-del-sync-files``), and each node has its own (``dump-<port>.rdb``). A full
+    sync starts at once (``repl-diskless-sync-delay 0``; Redis waits 5 s for more replicas).
+    """
+    return [
+        redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--rdb-del-sync-files", "yes", "--repl-diskless-sync-delay", "0",
+        "--dir", dir, "--dbfilename", f"dump-{port}.rdb", *extra,
+    ]  # fmt: skip
 
 
 def wait_redis(check: Callable[[], Any], seconds: float, what: str) -> None:
@@ -65,6 +78,9 @@ class RedisServer:
         return self._probe
 
     def start(self) -> None:
+        """Start (or restart) the server, empty: whatever file a previous run left is removed."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.dir, f"dump-{self.port}.rdb"))
         argv = redis_argv(self.port, self.dir, "--maxmemory-policy", "volatile-lru", *self.extra)
         self.proc = spawn(argv)
         client = redis.Redis(port=self.port, socket_timeout=0.5)

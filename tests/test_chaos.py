@@ -12,6 +12,8 @@ from bench.chaos.checker import RECOVERY_MARGIN, check
 from bench.chaos.history import Fault, History, Op
 from bench.chaos.run import run_chaos, summary
 from devstack.proxy import TcpProxy
+from devstack.redis_server import RedisServer
+from devstack.wait import wait_until
 
 PAIR = {"device_id": "d1", "device_name": "room"}
 _ids = itertools.count(1)
@@ -164,3 +166,23 @@ def test_proxy_cut_resets_connections_and_refuses_new_ones_until_healed(redis_se
             assert conn.recv(100) == b"+PONG\r\n"
     finally:
         proxy.close()
+
+
+def test_a_primary_restarted_empty_is_empty_beside_its_replica(tmp_path):
+    """The nemesis's "restarted empty" must be: a replica's full sync used to leave its RDB in the
+    directory a Sentinel set's nodes share, and the next primary killed came back with it (a key
+    deleted since was back: the sentinel chaos run's stale reads, nothing the service could do)."""
+    primary = RedisServer(dir=str(tmp_path))
+    replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(primary.port)], dir=str(tmp_path))
+    try:
+        primary.start()
+        primary.probe.set("chaos:restart", "old")
+        replica.start()  # a full sync: the replica writes what it receives to disk
+        assert wait_until(lambda: replica.probe.get("chaos:restart") == b"old", 10)
+        primary.probe.delete("chaos:restart")
+        primary.kill()
+        primary.start()
+        assert primary.probe.get("chaos:restart") is None
+    finally:
+        replica.cleanup()
+        primary.cleanup()
