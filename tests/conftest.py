@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
+import random
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -31,6 +33,20 @@ all_brokers = pytest.mark.parametrize("celery_broker", ("redis", "rabbitmq"), in
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 Deployment = RedisServer | SentinelSet | ClusterSet
+
+
+# Libraries whose threads draw random numbers (redis-py's backoff jitter and node shuffles,
+# pymongo's server selection and request ids, kombu's and Celery's) get a generator of their own.
+# Hypothesis fails a test when the global ``random`` moves while it draws an example (it takes
+# that for the strategy's own randomness), and threads of the apps a test runs in this process
+# (reconnecting, probing) move it at any moment: a flaky schemathesis run otherwise.
+_OWN_RANDOM = ("redis.backoff", "redis.cluster", "redis.sentinel", "pymongo.message", "pymongo.helpers_shared",
+               "pymongo.synchronous.topology", "pymongo.synchronous.client_session", "kombu.utils.functional",
+               "celery.utils.time")  # fmt: skip
+for _name in _OWN_RANDOM:
+    _module = importlib.import_module(_name)
+    if getattr(_module, "random", None) is random:
+        _module.random = random.Random()
 
 
 @pytest.fixture(autouse=True)

@@ -255,8 +255,10 @@ def test_a_change_waits_for_other_near_caches_only(settings, monkeypatch):
     waits: list[float] = []
     monkeypatch.setattr(shared, "time", SimpleNamespace(sleep=waits.append))  # shared.py's own sleeps
     a = build_app(settings)
+    elsewhere = build_app({**settings, "CACHE_KEY_PREFIX": settings["CACHE_KEY_PREFIX"] + "other:"})
     try:
         near_ready(a)
+        near_ready(elsewhere)  # another service on the same Redis: its near cache holds none of ours
         owner = create_user(a, "owner")
         register(a.test_client(), owner, "dev-1", "room")
         assert waits == []  # alone: nobody else could hold the entry
@@ -269,3 +271,4 @@ def test_a_change_waits_for_other_near_caches_only(settings, monkeypatch):
             stop_app(b)
     finally:
         stop_app(a)
+        stop_app(elsewhere)

@@ -111,6 +111,12 @@ class KeySpace:
         """What the near cache may hold, and Redis tracks for it: device lookups and users."""
         return [self.value(kind) for kind in NEAR_KINDS]
 
+    @property
+    def near_presence(self) -> str:
+        """The channel every near cache of this prefix subscribes to, so a change can count them
+        (``PUBSUB NUMSUB``); nothing is ever published on it."""
+        return self.value("near-caches")
+
     def value(self, key: str) -> str:
         return self.prefix + key
 

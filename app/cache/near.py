@@ -83,6 +83,7 @@ class NearCache:
         topology: Topology,
         client: Any,
         prefixes: list[str],
+        presence: str,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.size = size
@@ -93,6 +94,7 @@ class NearCache:
         self.topology = topology
         self.client = client
         self.prefixes = prefixes
+        self.presence = presence  # the channel that counts this prefix's near caches
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -307,7 +309,7 @@ class NearCache:
         listeners = [Listener(name, conn) for name, conn in self.topology.listener_connections(self.client, options)]
         try:
             for listener in listeners:
-                listener.open(self.prefixes)
+                listener.open(self.prefixes, self.presence)
         except BaseException:
             for listener in listeners:
                 with contextlib.suppress(*REDIS_ERRORS, OSError):

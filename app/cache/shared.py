@@ -41,7 +41,7 @@ from app.cache.lookups import Kind, Lookups
 from app.cache.near import NearCache
 from app.cache.outbox import Outbox, Record
 from app.cache.replicas import Replicas
-from app.cache.tracking import CHANNEL, PONG_DEADLINE
+from app.cache.tracking import PONG_DEADLINE
 from app.redis_topology import OUTAGE_ERRORS, REDIS_ERRORS, Topology, client_options
 
 # A verified bearer token's user (``app/auth.py``). An unknown user id (a well-formed token made
@@ -87,6 +87,7 @@ class SharedCache:
             topology,
             self.client,
             self.keys.near_prefixes,
+            self.keys.near_presence,
             max_bytes=config["L1_CACHE_MAX_BYTES"],
         )
         self.lookups = Lookups(self, config)
@@ -170,12 +171,12 @@ class SharedCache:
         return bool(record.chains or record.globs) or any(key.startswith(NEAR_KINDS) for key in record.keys)
 
     def _other_near_caches(self) -> bool:
-        """Whether a near cache besides this process's listens on a primary (``PUBSUB NUMSUB``
-        of the tracking channel; ours is one subscriber per primary while it serves)."""
+        """Whether a near cache of this prefix besides this process's listens on a primary
+        (``PUBSUB NUMSUB`` of their presence channel; ours is one per primary while it serves)."""
         own = 1 if self.near.serving else 0
         try:
             for _name, node in self.topology.primaries(self.client):
-                if node.pubsub_numsub(CHANNEL)[0][1] > own:
+                if node.pubsub_numsub(self.keys.near_presence)[0][1] > own:
                     return True
         except REDIS_ERRORS:
             return True  # cannot tell: as if there were

@@ -116,8 +116,11 @@ class Listener:
         self.ping_sent: float | None = None  # the heartbeat awaiting its PONG
         self.fresh_until = 0.0  # the last PONG's PING + PONG_DEADLINE
 
-    def open(self, prefixes: list[str]) -> None:
-        """Subscribe (blocking, with the connection's timeouts), then switch to non-blocking reads."""
+    def open(self, prefixes: list[str], presence: str) -> None:
+        """Subscribe (blocking, with the connection's timeouts), then switch to non-blocking reads.
+
+        Also to ``presence``, a channel nothing is published on: its subscriber count is the
+        number of near caches of this prefix on this primary."""
         conn = self.connection
         conn.connect()
         conn.send_command("CLIENT", "ID")
@@ -128,17 +131,18 @@ class Listener:
         conn.send_command(*tracking)
         conn.read_response()  # nothing else is sent to a RESP2 client before it subscribes
         sent = time.monotonic()
-        conn.send_command("SUBSCRIBE", CHANNEL)
+        conn.send_command("SUBSCRIBE", CHANNEL, presence)
         sock = conn._sock
         messages: list[Any] = []
-        while not messages:  # our parser from here on: it keeps whatever follows the reply
+        while len(messages) < 2:  # our parser from here on: it keeps whatever follows the replies
             data = sock.recv(65536)
             if not data:
                 raise ConnectionError("tracking connection closed")
-            messages = self.parser.feed(data)
-        # Any message after the reply predates L1 serving, which starts empty.
-        if not (isinstance(messages[0], list) and messages[0][:1] == [b"subscribe"]):
-            raise ConnectionError(f"unexpected reply to SUBSCRIBE: {messages[0]!r}")
+            messages += self.parser.feed(data)
+        # Any message after the replies predates L1 serving, which starts empty.
+        for reply in messages[:2]:
+            if not (isinstance(reply, list) and reply[:1] == [b"subscribe"]):
+                raise ConnectionError(f"unexpected reply to SUBSCRIBE: {reply!r}")
         sock.setblocking(False)
         self.sock = sock
         self.fresh_until = sent + PONG_DEADLINE
