@@ -47,6 +47,7 @@ for _name in _OWN_RANDOM:
     _module = importlib.import_module(_name)
     if getattr(_module, "random", None) is random:
         _module.random = random.Random()
+importlib.import_module("pymongo.topology_description").sample = random.Random().sample  # from random import sample
 
 
 @pytest.fixture(autouse=True)

@@ -180,3 +180,24 @@ def test_concurrent_registrations_of_one_pair_give_exactly_one_key(app, client, 
     assert sorted(statuses) == [201] + [409] * 7
     with app.app_context():
         assert app.extensions["mongo"].db["api_keys"].count_documents({"device_id": "race"}) == 1
+
+
+def test_an_insert_retried_after_its_answer_was_lost_is_the_key_created(app, client, owner, monkeypatch):
+    """pymongo retries a write whose answer a socket timeout lost; when the first try was stored,
+    the retry finds the key it is: the suite once saw a 409 for a device registered once."""
+    from pymongo.collection import Collection
+
+    from app.db import KEYS
+
+    real = Collection.insert_one
+
+    def stored_then_retried(self, doc, *args, **kwargs):
+        if self.name == KEYS:
+            real(self, doc, *args, **kwargs)
+        return real(self, doc, *args, **kwargs)  # DuplicateKeyError, as the retry gets
+
+    monkeypatch.setattr(Collection, "insert_one", stored_then_retried)
+    response = client.post("/api/v1/api-keys", json={"device_id": "d", "device_name": "n"}, headers=bearer(owner))
+    monkeypatch.undo()
+    assert response.status_code == 201, response.get_json()
+    assert client.get("/api/v1/devices/d/n").status_code == 200

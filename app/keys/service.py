@@ -69,7 +69,9 @@ def create_key(user: User, fields: dict[str, Any]) -> dict[str, Any]:
         try:
             mongo.db[KEYS].insert_one(doc)
         except DuplicateKeyError:
-            raise APIError(409, "conflict", "this device_id and device_name are already registered") from None
+            # A retried insert (the first one's answer lost to a socket timeout) finds our own key.
+            if mongo.db[KEYS].find_one({"key_id": key_id}, {"_id": 1}) is None:
+                raise APIError(409, "conflict", "this device_id and device_name are already registered") from None
     return {**_public(doc), "api_key": secret}
 
 
