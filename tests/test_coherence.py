@@ -272,3 +272,16 @@ def test_a_change_waits_for_other_near_caches_only(settings, monkeypatch):
     finally:
         stop_app(a)
         stop_app(elsewhere)
+
+
+def test_a_primary_first_seen_alone_on_a_topology_that_fails_over_is_not_trusted(redis_server):
+    """A fresh process (``users rotate-token``) asked a sentinel that still named the old master
+    mid-failover, found it without replicas (the promoted one had left), and called its drop
+    done: the demotion lost it, and the old token worked again (the sentinel chaos run). On
+    Sentinel and Cluster a primary first seen alone is not trusted until it stays so."""
+    from app.cache.replicas import Replicas
+
+    node = redis_server.probe
+    for may_move, durable in ((False, True), (True, False)):
+        replies, done = Replicas(100, may_move=may_move).write("p", node, lambda pipe: pipe.unlink("none"))
+        assert (replies, done) == ([0], durable)

@@ -12,8 +12,11 @@ Sentinel failover detaches the promoted replica first, and demotes the old maste
 seconds later; what it is sent meanwhile is lost). Writes to it count as durable only once it
 has had no replicas for ``LOST_GRACE`` seconds; until then they are retried, and the retry
 asks the topology again where the primary is. On Sentinel and Cluster, so is a primary first
-seen without replicas within ``LOST_GRACE`` of an outage or a failover (a replica just promoted,
-which a second failover could replace before its own replicas attach).
+seen without replicas: this process cannot tell a primary long alone from the losing side of a
+failover in progress (the chaos run: a fresh ``users rotate-token`` process asked a sentinel that
+still named the old master, found it without replicas, called its drop done, and the drop was
+lost with that master's demotion), nor from a replica just promoted, which a second failover
+could replace before its own replicas attach.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ class Replicas:
     def after_fork(self) -> None:
         self._lock = threading.Lock()
         self._known: dict[str, _Primary] = {}
-        self._moved_at: float | None = None  # when the primaries last may have changed
 
     def count(self, name: str, node: Redis, fresh: bool = False) -> int:
         """Replicas connected to this primary (``name`` as the topology names it: its address)."""
@@ -60,10 +62,8 @@ class Replicas:
             lost_at = known.lost_at if known is not None and not connected else None
             if known is not None and known.count and not connected:
                 lost_at = now
-            elif known is None and not connected and self._moved_at is not None and now - self._moved_at < LOST_GRACE:
-                # A primary first seen right after a failover, with no replica yet: it may be
-                # failed over in turn before one attaches (what it was sent is then lost).
-                lost_at = now
+            elif known is None and not connected and self.may_move:
+                lost_at = now  # first seen alone: alone for long, or about to be replaced?
             self._known[name] = _Primary(connected, now + (REPLICAS_TTL if connected else NO_REPLICAS_TTL), lost_at)
         return connected
 
@@ -76,8 +76,6 @@ class Replicas:
         """After an outage or a failover the primaries may have changed."""
         with self._lock:
             self._known.clear()
-            if self.may_move:
-                self._moved_at = time.monotonic()
 
     def write(self, name: str, node: Redis, add: Callable[[Any], object]) -> tuple[list[Any], bool]:
         """Run the commands ``add`` puts in a pipeline on this primary: (their replies, durable).
