@@ -13,7 +13,7 @@ from bench.rolling import rolling_restart, seed_key
 def test_rolling_restart_of_four_replicas_behind_haproxy_fails_and_loses_nothing(settings, tmp_path):
     key = seed_key(settings)
 
-    outcome = rolling_restart(settings, tmp_path, key, replicas=4, workers=1, clients=4, drain=1.0, log=print)
+    outcome = rolling_restart(settings, tmp_path, key, replicas=4, workers=1, clients=4, drain=2.0, fall=4, log=print)
 
     assert len(outcome.restarts) == 4
     assert outcome.requests["push"] > 0 and outcome.requests["read"] > 0
