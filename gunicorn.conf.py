@@ -16,7 +16,8 @@ It does two things the app cannot do from inside a worker:
   ``SHUTDOWN_DRAIN_SECONDS``, so load balancers stop sending before anything is refused. Then it
   stops accepting without resetting anyone: a filter on the listening socket drops new connection
   attempts (their retry meets the closed port: refused, not reset), the workers accept what was
-  already queued, and only then is gunicorn's graceful stop run (``--graceful-timeout``); a
+  already queued (however long that takes, within ``--graceful-timeout``), and only then is
+  gunicorn's graceful stop run with what is left of that timeout; a
   gthread worker closes its listener copy as soon as it stops accepting, not after its kept-alive
   connections. Each worker stops the device cache on exit, sending its buffered counters.
   A second SIGTERM ends the drain early; SIGINT and SIGQUIT stop at once, as before.
@@ -31,6 +32,7 @@ import contextlib
 import ctypes
 import glob
 import logging
+import math
 import mmap
 import os
 import shutil
@@ -76,7 +78,6 @@ def on_exit(server: Any) -> None:
 # --- Draining on SIGTERM (module body: runs in the master, before any worker) --------------------
 DRAIN_SETTING = "SHUTDOWN_DRAIN_SECONDS"
 DRAIN_DEFAULT = "5"  # app/config.py's Setting row has the same default (a test keeps them equal)
-QUEUE_EMPTY_SECONDS = 1.0  # at most this long for the workers to accept what was queued
 _SO_ATTACH_FILTER = 26  # Linux <asm-generic/socket.h>
 _DRAINING = mmap.mmap(-1, 1)  # 1 once the master got SIGTERM; every worker forked later shares it
 
@@ -118,15 +119,26 @@ def accept_queue(listener: socket.socket) -> int:
 
 
 def stop_accepting(server: Any) -> None:
-    """Stop new connections without resetting queued ones: filter, then wait for the queue."""
+    """Stop new connections without resetting queued ones: filter, then wait for the queue.
+
+    The queue empties only as fast as the workers serve (slow requests on sync workers can hold
+    several connections queued for seconds), so the wait is bounded by the graceful timeout, and
+    what it used is taken off the graceful stop that follows: drain + graceful timeout stays the
+    whole budget."""
     listeners = [lnr.sock for lnr in server.LISTENERS if drop_new_connections(lnr.sock)]
-    deadline = time.monotonic() + QUEUE_EMPTY_SECONDS
-    while listeners and time.monotonic() < deadline:
+    started = time.monotonic()
+    budget = float(server.cfg.graceful_timeout)
+    queued = 0
+    while listeners:
         with contextlib.suppress(OSError):
-            if not any(accept_queue(listener) for listener in listeners):
-                break
+            queued = sum(accept_queue(listener) for listener in listeners)
+        if not queued or time.monotonic() - started >= budget:
+            break
         time.sleep(0.01)
+    if queued:
+        server.log.warning("%d queued connections not accepted within the graceful timeout", queued)
     time.sleep(0.01)  # a connection the last accept() took may still be handed to a thread
+    server.cfg.set("graceful_timeout", max(1, math.ceil(budget - (time.monotonic() - started))))
 
 
 def when_ready(server: Any) -> None:

@@ -233,9 +233,12 @@ def test_a_change_answers_only_once_a_slow_replicas_near_cache_has_let_go(settin
             near_ready(app)
         owner = create_user(a, "owner")
         key = register(a.test_client(), owner, "dev-1", "room")
-        for _ in range(2):  # the second lookup keeps it in B's near cache
+
+        def held_by_b() -> bool:  # a lookup keeps it in B's near cache (a stalled heartbeat empties it: again)
             assert b.test_client().get(DEVICE.format("dev-1", "room")).status_code == 200
-        assert any("dev-1" in name for name in b.extensions["shared_cache"].near._entries)
+            return any("dev-1" in name for name in b.extensions["shared_cache"].near._entries)
+
+        assert wait_until(held_by_b, 10)
         proxy.delay = 0.04
         time.sleep(0.3)  # B's heartbeat answers come late too, within their 0.25 s
         assert a.test_client().delete(f"/api/v1/api-keys/{key['key_id']}", headers=bearer(owner)).status_code == 204
