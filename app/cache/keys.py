@@ -113,9 +113,13 @@ class KeySpace:
 
     @property
     def near_presence(self) -> str:
-        """The channel every near cache of this prefix subscribes to, so a change can count them
-        (``PUBSUB NUMSUB``); nothing is ever published on it."""
+        """The channel every near cache of this prefix subscribes to on its tracking connection to
+        each primary: a change publishes its fence there (``SharedCache.fence``)."""
         return self.value("near-caches")
+
+    def fence(self, token: str) -> str:
+        """The list a change's fence collects the near caches' acknowledgements in."""
+        return self.value(f"fence:{token}")
 
     def value(self, key: str) -> str:
         return self.prefix + key

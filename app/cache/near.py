@@ -14,8 +14,9 @@ Guarantees, and how:
 - Never stale after a response: before serving a hit, every message already received on those
   connections is applied (a non-blocking read, parsed incrementally by ``tracking.py``). Redis
   writes an invalidation before the reply of the write that caused it, but the two travel on
-  different routes: a change answers only once the heartbeat rule below guarantees every other
-  near cache has applied it or stopped serving (``SharedCache.apply_own``). While part of a
+  different routes: a change answers only once every other near cache has acknowledged its fence
+  (a message on the presence channel, behind the invalidations, on the same connection) or the
+  heartbeat rule below guarantees it has applied them or stopped serving (``SharedCache.fence``). While part of a
   message is buffered (its rest not yet arrived) L1 answers nothing: the lookup goes to Redis,
   it never waits for the rest.
 - A fill racing an invalidation stores nothing: a placeholder is set before the Redis read and
@@ -59,6 +60,7 @@ from typing import Any
 
 from gevent.monkey import get_original
 
+from app.cache.keys import KeySpace
 from app.cache.lru import Lru
 from app.cache.tracking import CHANNEL, PONG_DEADLINE, Listener, ReplyError
 from app.redis_topology import REDIS_ERRORS, Topology
@@ -73,6 +75,7 @@ RETRY_INTERVAL = 0.1  # seconds between reconnection attempts
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 NEGATIVE_SHARE = 16  # the negatives' LRU: 1/16 of both bounds; and no entry above 1/16 of the bytes
 NEGATIVE_MARK = b'"found":false'  # at the top level of the serializer's compact JSON, within its head
+FENCE_TTL_MS = 5000  # a fence's acknowledgements outlive any change waiting on them
 
 
 class NearCache:
@@ -82,8 +85,7 @@ class NearCache:
         ttl: float,
         topology: Topology,
         client: Any,
-        prefixes: list[str],
-        presence: str,
+        keys: KeySpace,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.size = size
@@ -93,8 +95,10 @@ class NearCache:
         self.enabled = size > 0
         self.topology = topology
         self.client = client
-        self.prefixes = prefixes
-        self.presence = presence  # the channel that counts this prefix's near caches
+        self.keys = keys
+        self.prefixes = keys.near_prefixes
+        self.presence = keys.near_presence  # where changes publish their fences
+        self._presence = self.presence.encode()
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -112,6 +116,7 @@ class NearCache:
         self._serving = False  # subscribed everywhere: L1 may answer while the heartbeat is fresh
         self._fresh_until = 0.0  # min over the listeners of their last PONG's PING + PONG_DEADLINE
         self._partial = False  # part of a message is buffered: answer nothing until the rest
+        self._acks: list[str] = []  # fences applied here, to acknowledge (outside the lock)
         self._started = False
         self._starts = itertools.count()  # next() is atomic: exactly one caller starts
         self._stopped = False
@@ -125,23 +130,29 @@ class NearCache:
                 self._start()
             return None
         with self._lock:
-            if not self._sync():
-                return None
-            now = time.monotonic()
-            if now > self._fresh_until:  # no heartbeat answered lately: the connection may be silent
-                return None
-            lru = self._lru
+            raw = self._get(key)
+        if self._acks:
+            self._send_acks()
+        return raw
+
+    def _get(self, key: str) -> bytes | None:
+        if not self._sync():
+            return None
+        now = time.monotonic()
+        if now > self._fresh_until:  # no heartbeat answered lately: the connection may be silent
+            return None
+        lru = self._lru
+        entry = lru.entries.get(key)
+        if entry is None:
+            lru = self._negatives
             entry = lru.entries.get(key)
             if entry is None:
-                lru = self._negatives
-                entry = lru.entries.get(key)
-                if entry is None:
-                    return None
-            if entry[1] < now:
-                lru.pop(key)
                 return None
-            lru.entries.move_to_end(key)
-            return entry[0]
+        if entry[1] < now:
+            lru.pop(key)
+            return None
+        lru.entries.move_to_end(key)
+        return entry[0]
 
     def reserve(self, key: str) -> object | None:
         """A placeholder, set before reading ``key`` from Redis (None: L1 is off or not coherent)."""
@@ -158,15 +169,15 @@ class NearCache:
             return
         negative = raw.find(NEGATIVE_MARK, 0, 64) >= 0
         with self._lock:
-            if not self._sync() or self._reserved.get(key) is not token:
-                return
-            del self._reserved[key]
-            self._lru.pop(key)
-            self._negatives.pop(key)
-            if len(key) + len(raw) > self.max_entry_bytes:
-                return  # served, not kept: one entry must not take a large share of the bound
-            lru = self._negatives if negative else self._lru
-            lru.add(key, raw, time.monotonic() + min(ttl, self.ttl))
+            if self._sync() and self._reserved.get(key) is token:
+                del self._reserved[key]
+                self._lru.pop(key)
+                self._negatives.pop(key)
+                if len(key) + len(raw) <= self.max_entry_bytes:  # else served, not kept: bounded share
+                    lru = self._negatives if negative else self._lru
+                    lru.add(key, raw, time.monotonic() + min(ttl, self.ttl))
+        if self._acks:
+            self._send_acks()
 
     def discard(self, keys: list[str] | set[str]) -> None:
         """Drop keys this process invalidates itself (without waiting for Redis to say so)."""
@@ -221,6 +232,13 @@ class NearCache:
                 return
             for key in keys:
                 self._forget(key.decode())
+        elif kind == b"message" and message[1] == self._presence:
+            # A change's fence: everything before it on this connection is applied now. Cluster
+            # forwards a PUBLISH to every node; only the copy from the node it names vouches for
+            # that node's invalidations.
+            token, _, node = message[2].decode().partition(" ")
+            if len(self._listeners) == 1 or node == listener.name:
+                self._acks.append(token)
         elif kind == b"pong":
             if listener.ping_sent is not None:
                 listener.fresh_until = listener.ping_sent + PONG_DEADLINE
@@ -228,6 +246,19 @@ class NearCache:
                 self._fresh_until = min(each.fresh_until for each in self._listeners)
         elif isinstance(message, ReplyError):
             raise ConnectionError(f"tracking connection answered {message}")
+
+    def _send_acks(self) -> None:
+        """Acknowledge the fences applied here (the one write a near cache makes; never under the
+        lock). A lost acknowledgement only makes its change wait out PONG_DEADLINE."""
+        with self._lock:
+            acks, self._acks = self._acks, []
+        for token in acks:
+            key = self.keys.fence(token)
+            with contextlib.suppress(*REDIS_ERRORS):
+                pipe = self.client.pipeline(transaction=False)
+                pipe.rpush(key, 1)
+                pipe.pexpire(key, FENCE_TTL_MS)
+                pipe.execute()
 
     def _forget(self, key: str) -> None:
         self._lru.pop(key)
@@ -356,6 +387,8 @@ class NearCache:
                     continue
                 next_ping = 0.0  # at once: the first answer extends what subscribing vouched for
             result = self._round(next_ping)
+            if self._acks:
+                self._send_acks()
             if result is None:
                 continue
             next_ping, sockets = result

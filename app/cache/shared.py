@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import os
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from app.cache.outbox import Outbox, Record
 from app.cache.replicas import Replicas
 from app.cache.tracking import PONG_DEADLINE
 from app.redis_topology import OUTAGE_ERRORS, REDIS_ERRORS, Topology, client_options
+
+FENCE_POLL = 0.001  # seconds between two counts of a fence's acknowledgements
 
 # A verified bearer token's user (``app/auth.py``). An unknown user id (a well-formed token made
 # up) is not kept: random ids would each cost a Redis entry.
@@ -86,8 +89,7 @@ class SharedCache:
             config["L1_CACHE_TTL"],
             topology,
             self.client,
-            self.keys.near_prefixes,
-            self.keys.near_presence,
+            self.keys,
             max_bytes=config["L1_CACHE_MAX_BYTES"],
         )
         self.lookups = Lookups(self, config)
@@ -156,31 +158,47 @@ class SharedCache:
             self.outbox.hold(record)  # every process applies it itself, its L1 too, before reading
             return
         self.outbox.applied(record)
-        if self.near.enabled and self._near_may_hold(record) and self._other_near_caches():
-            # The other processes' near caches learn of the drop from their tracking connection,
-            # which another route to Redis (a congested link, a proxy) can deliver after this
-            # response reaches its client and the client's next request reaches them. A near
-            # cache serves only on a heartbeat answer to a PING sent less than PONG_DEADLINE ago
-            # (near.py), and a PING sent after the drop is answered after its invalidation: once
-            # PONG_DEADLINE has passed, every one of them has applied it or serves nothing.
-            time.sleep(PONG_DEADLINE)
+        if self.near.enabled and self._near_may_hold(record):
+            self.fence()
 
     @staticmethod
     def _near_may_hold(record: Record) -> bool:
         """Whether a record names what a near cache may hold (device lookups, users)."""
         return bool(record.chains or record.globs) or any(key.startswith(NEAR_KINDS) for key in record.keys)
 
-    def _other_near_caches(self) -> bool:
-        """Whether a near cache of this prefix besides this process's listens on a primary
-        (``PUBSUB NUMSUB`` of their presence channel; ours is one per primary while it serves)."""
+    def fence(self) -> str:
+        """Return once every other near cache has applied a drop just made, or cannot serve it.
+
+        They learn of it from their tracking connection, which another route to Redis (a
+        congested link, a proxy) can deliver after this response reaches its client and the
+        client's next request reaches them. So a fence is published on every primary's presence
+        channel, behind the invalidations the drop sent there; each near cache, having applied
+        what came before it, acknowledges it (``near.py``), and once every subscriber the PUBLISH
+        reached has, the change answers: a round trip or two. One that does not answer is covered
+        by the heartbeat rule: a near cache serves only on an answer to a PING sent less than
+        PONG_DEADLINE ago, and a PING sent after the drop is answered after its invalidation, so
+        PONG_DEADLINE after the drop it has applied it or serves nothing.
+
+        Returns how it ended: ``alone`` (no other near cache listens), ``acknowledged``, or
+        ``deadline``.
+        """
+        deadline = time.monotonic() + PONG_DEADLINE
+        token = uuid.uuid4().hex
         own = 1 if self.near.serving else 0
         try:
-            for _name, node in self.topology.primaries(self.client):
-                if node.pubsub_numsub(self.keys.near_presence)[0][1] > own:
-                    return True
+            reached = [node.publish(self.keys.near_presence, f"{token} {name}")
+                       for name, node in self.topology.primaries(self.client)]  # fmt: skip
+            if all(count <= own for count in reached):
+                return "alone"
+            key = self.keys.fence(token)
+            while time.monotonic() < deadline:
+                if self.client.llen(key) >= sum(reached):
+                    return "acknowledged"
+                time.sleep(FENCE_POLL)
         except REDIS_ERRORS:
-            return True  # cannot tell: as if there were
-        return False
+            pass  # cannot tell who has applied it: the heartbeat rule's bound
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        return "deadline"
 
     def settle(self, *scopes: str) -> None:
         """Before a change answers that nothing was left to change (a 404, no such user)."""

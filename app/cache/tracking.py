@@ -119,8 +119,8 @@ class Listener:
     def open(self, prefixes: list[str], presence: str) -> None:
         """Subscribe (blocking, with the connection's timeouts), then switch to non-blocking reads.
 
-        Also to ``presence``, a channel nothing is published on: its subscriber count is the
-        number of near caches of this prefix on this primary."""
+        Also to ``presence``, the channel of this prefix's near caches: a change's fence arrives
+        there, behind the invalidations its drop sent on this connection."""
         conn = self.connection
         conn.connect()
         conn.send_command("CLIENT", "ID")
