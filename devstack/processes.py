@@ -144,9 +144,9 @@ class Group:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace: float | None = None) -> None:
         while self.procs:
-            self.stop(self.procs[-1][1])
+            self.stop(self.procs[-1][1], grace)
 
     def _say(self, message: str) -> None:
         if self.log is not None:
