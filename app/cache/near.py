@@ -1,51 +1,35 @@
 """The near cache (L1): the shared entries a process has read lately, held in the process.
 
-A hit here costs no Redis round trip. It stays coherent through Redis's server-assisted
-client-side caching, in broadcast mode: one dedicated connection per primary, opened in the
-process that uses it (after fork), runs
-
-    CLIENT TRACKING ON REDIRECT <its own id> BCAST PREFIX <prefix>device: PREFIX <prefix>user:
-
-and is subscribed to ``__redis__:invalidate``. Whoever changes or drops such a key (another
-replica's invalidation, ``/cache/clear``, a warm-up's refresh, a TTL running out), Redis sends
-its name there, and the entry leaves L1; a null message (FLUSHDB, FLUSHALL) empties it.
-
-Guarantees, and how:
-- Never stale after a response: before serving a hit, every message already received on those
-  connections is applied (a non-blocking read, parsed incrementally by ``tracking.py``). Redis
-  writes an invalidation before the reply of the write that caused it, but the two travel on
-  different routes: a change answers only once every other near cache has acknowledged its fence
-  (a message on the presence channel, behind the invalidations, on the same connection) or the
-  heartbeat rule below guarantees it has applied them or stopped serving (``SharedCache.fence``). While part of a
-  message is buffered (its rest not yet arrived) L1 answers nothing: the lookup goes to Redis,
-  it never waits for the rest.
-- A fill racing an invalidation stores nothing: a placeholder is set before the Redis read and
-  the value kept only if the placeholder is still there after it (Redis's client-side caching
-  documentation describes this race).
+A hit here costs no Redis round trip. It stays coherent through Redis's client-side caching in
+broadcast mode: one connection per primary runs ``CLIENT TRACKING ON REDIRECT <its own id> BCAST
+PREFIX <prefix>device: PREFIX <prefix>user:`` and is subscribed to ``__redis__:invalidate``:
+whoever changes or drops such a key, Redis sends its name there and the entry leaves L1 (a null
+message, FLUSHDB, empties it). Guarantees, and how:
+- Never stale after a response: a hit first applies every message already received (a
+  non-blocking read, parsed by ``tracking.py``; while part of one is buffered L1 answers
+  nothing). An invalidation and the reply of the write that caused it travel on different
+  routes, so a change answers once every near cache has acknowledged its fence, or the
+  heartbeat rule below says it has applied the drop or stopped serving (``fence.py``).
+- A fill racing an invalidation stores nothing: a placeholder set before the Redis read must
+  still be there after it (the race Redis's client-side caching documentation describes).
 - Only while coherent: L1 serves only while every listener is subscribed and the last answer to
-  its heartbeat (a PING every 0.1 s) vouches for a moment at most 0.25 s ago (messages on one
-  connection arrive in order, so a PONG means every invalidation sent before that PING has been
-  applied). Every get compares the clock with that; a silent connection stops hits within 0.25 s
-  of its last PING answered, without waiting for anything. A PING unanswered for 0.25 s, an error,
-  a disconnect, a restart, a primary that changed or the breaker opening empty L1, which is
-  bypassed until subscribed again. The one staleness it adds: while Redis is unreachable no
-  invalidation can travel, so a write made then may go unseen here for up to those 0.25 s.
+  its heartbeat (a PING every 0.1 s) is for a PING sent at most 0.25 s ago (messages on one
+  connection arrive in order: a PONG means every invalidation sent before its PING is applied).
+  Every get checks the clock, so a silent connection stops hits within 0.25 s. A PING unanswered
+  for 0.25 s, an error, a disconnect, a restart, a primary that changed or the breaker opening
+  empty L1, bypassed until subscribed again. The one staleness it adds: while Redis is
+  unreachable no invalidation travels, so a write made then may go unseen for those 0.25 s.
 
-Entries are the raw JSON of the shared entry (decoded on each hit, so no caller can change
-what the next one gets), bounded by ``L1_CACHE_SIZE`` entries and ``L1_CACHE_MAX_BYTES`` bytes
-(the raw values and their keys; least recently used first out), and ``L1_CACHE_TTL`` seconds.
-An entry larger than 1/16 of the byte bound is served but not kept. Negative entries (unknown
-devices, unknown users of well-formed tokens) live in their own LRU of 1/16 of both bounds, so a
-flood of random ids never pushes real entries out.
+Entries are the raw JSON of the shared entry (decoded on each hit), bounded by ``L1_CACHE_SIZE``
+entries, ``L1_CACHE_MAX_BYTES`` bytes (values and keys; least recently used out first) and
+``L1_CACHE_TTL`` seconds; one over 1/16 of the bytes is served, not kept. Negative entries live
+in their own LRU of 1/16 of both bounds: a flood of random ids never pushes real entries out.
 
 Worker models: nothing (lock, event, thread, connection) is made before first use in the process
-that uses it. gunicorn runs fork hooks before a gevent worker monkey-patches, so a lock made
-then (or at app build, with ``--preload``) would be a real one that blocks the whole worker.
-No lock is held while waiting on a socket.
+that uses it: a lock made before a gevent worker monkey-patches (a fork hook, ``--preload``)
+would block the whole worker. No lock is held while waiting on a socket.
 
-Considered: redis-py's own client-side cache (``cache_config``); it tracks per connection in
-default mode, keeps no heartbeat (a silent connection leaves it serving stale entries), and
-applies invalidations only when that connection is next used.
+Considered: redis-py's client-side cache (``cache_config``): per connection, no heartbeat.
 """
 
 from __future__ import annotations
@@ -60,14 +44,14 @@ from typing import Any
 
 from gevent.monkey import get_original
 
+from app.cache.fence import acknowledge, fence_of
 from app.cache.keys import KeySpace
 from app.cache.lru import Lru
 from app.cache.tracking import CHANNEL, PONG_DEADLINE, Listener, ReplyError
 from app.redis_topology import REDIS_ERRORS, Topology
 
 log = logging.getLogger("app.cache")
-# A readiness check with no timeout never blocks, so the hot path uses the real select even under
-# gevent (whose cooperative select costs more, for nothing here).
+# A readiness check with no timeout never blocks: the real select, even under gevent (cheaper).
 _poll = get_original("select", "select")
 
 PING_INTERVAL = 0.1  # seconds between heartbeats
@@ -75,7 +59,6 @@ RETRY_INTERVAL = 0.1  # seconds between reconnection attempts
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 NEGATIVE_SHARE = 16  # the negatives' LRU: 1/16 of both bounds; and no entry above 1/16 of the bytes
 NEGATIVE_MARK = b'"found":false'  # at the top level of the serializer's compact JSON, within its head
-FENCE_TTL_MS = 5000  # a fence's acknowledgements outlive any change waiting on them
 
 
 class NearCache:
@@ -96,9 +79,7 @@ class NearCache:
         self.topology = topology
         self.client = client
         self.keys = keys
-        self.prefixes = keys.near_prefixes
-        self.presence = keys.near_presence  # where changes publish their fences
-        self._presence = self.presence.encode()
+        self._presence = keys.near_presence.encode()  # where changes publish their fences
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -232,12 +213,9 @@ class NearCache:
                 return
             for key in keys:
                 self._forget(key.decode())
-        elif kind == b"message" and message[1] == self._presence:
-            # A change's fence: everything before it on this connection is applied now. Cluster
-            # forwards a PUBLISH to every node; only the copy from the node it names vouches for
-            # that node's invalidations.
-            token, _, node = message[2].decode().partition(" ")
-            if len(self._listeners) == 1 or node == listener.name:
+        elif kind == b"message" and message[1] == self._presence:  # a fence: what came before is applied
+            token = fence_of(message[2], listener.name, len(self._listeners))
+            if token is not None:
                 self._acks.append(token)
         elif kind == b"pong":
             if listener.ping_sent is not None:
@@ -248,17 +226,10 @@ class NearCache:
             raise ConnectionError(f"tracking connection answered {message}")
 
     def _send_acks(self) -> None:
-        """Acknowledge the fences applied here (the one write a near cache makes; never under the
-        lock). A lost acknowledgement only makes its change wait out PONG_DEADLINE."""
+        """Acknowledge the fences applied here, outside the lock (``fence.py``)."""
         with self._lock:
             acks, self._acks = self._acks, []
-        for token in acks:
-            key = self.keys.fence(token)
-            with contextlib.suppress(*REDIS_ERRORS):
-                pipe = self.client.pipeline(transaction=False)
-                pipe.rpush(key, 1)
-                pipe.pexpire(key, FENCE_TTL_MS)
-                pipe.execute()
+        acknowledge(self.client, self.keys, acks)
 
     def _forget(self, key: str) -> None:
         self._lru.pop(key)
@@ -340,7 +311,7 @@ class NearCache:
         listeners = [Listener(name, conn) for name, conn in self.topology.listener_connections(self.client, options)]
         try:
             for listener in listeners:
-                listener.open(self.prefixes, self.presence)
+                listener.open(self.keys.near_prefixes, self.keys.near_presence)
         except BaseException:
             for listener in listeners:
                 with contextlib.suppress(*REDIS_ERRORS, OSError):

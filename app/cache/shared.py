@@ -20,8 +20,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
 from app import metrics
+from app.cache import fence
 from app.cache.background import Background
 from app.cache.breaker import CircuitBreaker
 from app.cache.counters import COUNTERS, CounterBuffer
@@ -42,10 +41,7 @@ from app.cache.lookups import Kind, Lookups
 from app.cache.near import NearCache
 from app.cache.outbox import Outbox, Record
 from app.cache.replicas import Replicas
-from app.cache.tracking import PONG_DEADLINE
 from app.redis_topology import OUTAGE_ERRORS, REDIS_ERRORS, Topology, client_options
-
-FENCE_POLL = 0.001  # seconds between two counts of a fence's acknowledgements
 
 # A verified bearer token's user (``app/auth.py``). An unknown user id (a well-formed token made
 # up) is not kept: random ids would each cost a Redis entry.
@@ -167,38 +163,8 @@ class SharedCache:
         return bool(record.chains or record.globs) or any(key.startswith(NEAR_KINDS) for key in record.keys)
 
     def fence(self) -> str:
-        """Return once every other near cache has applied a drop just made, or cannot serve it.
-
-        They learn of it from their tracking connection, which another route to Redis (a
-        congested link, a proxy) can deliver after this response reaches its client and the
-        client's next request reaches them. So a fence is published on every primary's presence
-        channel, behind the invalidations the drop sent there; each near cache, having applied
-        what came before it, acknowledges it (``near.py``), and once every subscriber the PUBLISH
-        reached has, the change answers: a round trip or two. One that does not answer is covered
-        by the heartbeat rule: a near cache serves only on an answer to a PING sent less than
-        PONG_DEADLINE ago, and a PING sent after the drop is answered after its invalidation, so
-        PONG_DEADLINE after the drop it has applied it or serves nothing.
-
-        Returns how it ended: ``alone`` (no other near cache listens), ``acknowledged``, or
-        ``deadline``.
-        """
-        deadline = time.monotonic() + PONG_DEADLINE
-        token = uuid.uuid4().hex
-        own = 1 if self.near.serving else 0
-        try:
-            reached = [node.publish(self.keys.near_presence, f"{token} {name}")
-                       for name, node in self.topology.primaries(self.client)]  # fmt: skip
-            if all(count <= own for count in reached):
-                return "alone"
-            key = self.keys.fence(token)
-            while time.monotonic() < deadline:
-                if self.client.llen(key) >= sum(reached):
-                    return "acknowledged"
-                time.sleep(FENCE_POLL)
-        except REDIS_ERRORS:
-            pass  # cannot tell who has applied it: the heartbeat rule's bound
-        time.sleep(max(0.0, deadline - time.monotonic()))
-        return "deadline"
+        """Return once every other near cache has applied a drop just made (``fence.py``)."""
+        return fence.wait(self.topology, self.client, self.keys)
 
     def settle(self, *scopes: str) -> None:
         """Before a change answers that nothing was left to change (a 404, no such user)."""
