@@ -22,7 +22,7 @@ def test_rolling_restart_of_four_replicas_behind_haproxy_fails_and_loses_nothing
         settings = {**settings, "MONGO_URI": f"mongodb://127.0.0.1:{port}/rolling"}
         key = seed_key(settings)
         outcome = rolling_restart(
-            settings, tmp_path, key, replicas=4, workers=1, clients=4, drain=2.0, fall=4, log=print
+            settings, tmp_path, key, replicas=4, workers=1, clients=4, drain=1.5, fall=4, log=print
         )
     finally:
         group.stop_all(grace=0)  # its data is of no further use: SIGKILL

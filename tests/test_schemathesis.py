@@ -53,7 +53,7 @@ CHECKS = [
     negative_data_rejection,
     ignored_auth,
 ]
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 15
 STATEFUL_SCENARIOS = 60
 SEED = 11
 
