@@ -102,7 +102,7 @@ class Stack:
             replica.stop()
         for proxy in self.proxies:
             proxy.close()
-        self.group.stop_all()
+        self.group.stop_all(grace=0)  # SecantusDB: the history is checked, its data of no further use
         self.redis.cleanup()
         if self.broker:
             self.broker.cleanup()
