@@ -75,6 +75,16 @@ def mongo_ping(uri: str) -> bool:
         client.close()
 
 
+def fail_command(uri: str, mode: str | dict, **data: object) -> None:
+    """Set SecantusDB's ``failCommand`` fail point (``mode``: ``"alwaysOn"``, ``{"times": n}``,
+    ``"off"``; ``data``: ``failCommands``, ``errorCode``, ``blockConnection``, ``blockTimeMS``)."""
+    client = MongoClient(uri, serverSelectionTimeoutMS=5000)
+    try:
+        client.admin.command("configureFailPoint", "failCommand", mode=mode, data=data)
+    finally:
+        client.close()
+
+
 def secantusd_binary() -> str:
     return shutil.which("secantusd-py") or str(Path(sys.executable).with_name("secantusd-py"))
 

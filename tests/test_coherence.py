@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from pymongo import MongoClient
 
 from app.cache.shared import shared_cache
 from app.cache.tracking import PONG_DEADLINE
 from app.db import OUTBOX
+from devstack.mongo import fail_command
 from devstack.proxy import TcpProxy
 from devstack.wait import wait_until
 from tests.conftest import all_topologies, bearer, build_app, create_user, near_ready, register, stop_app
@@ -37,16 +37,7 @@ def outbox(app) -> list[dict]:
 
 def fail_next(mongo_uri: str, command: str, times: int = 1) -> None:
     """The next ``times`` runs of ``command`` fail on the server (a SecantusDB fail point)."""
-    client = MongoClient(mongo_uri, serverSelectionTimeoutMS=2000)
-    try:
-        client.admin.command(
-            "configureFailPoint",
-            "failCommand",
-            mode={"times": times},
-            data={"failCommands": [command], "errorCode": 1},
-        )
-    finally:
-        client.close()
+    fail_command(mongo_uri, {"times": times}, failCommands=[command], errorCode=1)
 
 
 def accepted(client, key: dict, pair: tuple[str, str]) -> bool:
@@ -305,6 +296,17 @@ def test_a_change_waits_for_the_near_caches_acknowledgements_or_their_deadline(s
     finally:
         stop_app(a)
         stop_app(elsewhere)
+
+
+def test_a_fence_vouches_only_for_the_connection_to_the_node_that_published_it():
+    """Cluster forwards a PUBLISH to every node: a near cache gets each fence on each of its
+    connections, and only the copy from the publishing node's connection may be acknowledged
+    (the forwarded copy can overtake that node's invalidations)."""
+    from app.cache.fence import fence_of
+
+    assert fence_of(b"t1 10.0.0.1:7000", "10.0.0.1:7000", 3) == "t1"
+    assert fence_of(b"t1 10.0.0.1:7000", "10.0.0.2:7001", 3) is None
+    assert fence_of(b"t1 127.0.0.1:6379", "127.0.0.1:16379", 1) == "t1"  # one primary: any route to it
 
 
 def test_a_primary_first_seen_alone_on_a_topology_that_fails_over_is_not_trusted(redis_server):

@@ -108,14 +108,8 @@ def api(redis_server, mongo_uri, tmp_path_factory) -> Iterator[Api]:
     # Seeded: the in-process app's cache thread stops (its MongoDB polls draw on the global random
     # state, which Hypothesis reports as randomness inside its strategies).
     stop_app(app)
-    # Near caches off: with two workers' near caches, every key created or deleted answers 0.25 s
-    # after its drop (SharedCache.apply_own), and the workflows make hundreds of them: 74 s instead
-    # of 10. The near cache's coherence has its own tests (test_near_cache.py, test_coherence.py).
     replica = LiveReplica(
-        {**settings_, "L1_CACHE_SIZE": 0},
-        Path(tmp_path_factory.mktemp("schemathesis")) / "replica.log",
-        workers=2,
-        threads=4,
+        settings_, Path(tmp_path_factory.mktemp("schemathesis")) / "replica.log", workers=2, threads=4
     )
     replica.start()
     try:

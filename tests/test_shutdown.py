@@ -16,8 +16,8 @@ import threading
 import time
 
 import pytest
-from pymongo import MongoClient
 
+from devstack.mongo import fail_command
 from tests.conftest import create_user, register
 from tests.helpers import stored_readings, wait_until
 
@@ -27,12 +27,7 @@ CLIENTS = 8
 
 def slow_inserts(mongo_uri: str, ms: int) -> None:
     """Every insert waits ``ms`` on the server (a SecantusDB fail point; 0 turns it off)."""
-    client = MongoClient(mongo_uri, serverSelectionTimeoutMS=2000)
-    try:
-        data = {"failCommands": ["insert"], "blockConnection": True, "blockTimeMS": ms}
-        client.admin.command("configureFailPoint", "failCommand", mode="alwaysOn" if ms else "off", data=data)
-    finally:
-        client.close()
+    fail_command(mongo_uri, "alwaysOn" if ms else "off", failCommands=["insert"], blockConnection=True, blockTimeMS=ms)
 
 
 class Load:

@@ -14,10 +14,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from pymongo import MongoClient
-
 from bench.chaos.history import Fault, History
 from bench.chaos.stack import Stack
+from devstack.mongo import fail_command
 from devstack.processes import children
 from devstack.redis_server import RedisServer
 from devstack.wait import wait_until
@@ -95,11 +94,9 @@ def mongo_stop(stack: Stack, rng: random.Random, hold: float) -> str:
 def mongo_failpoint(stack: Stack, rng: random.Random, hold: float) -> str:
     commands = rng.sample(MONGO_COMMANDS, rng.randint(1, 2))
     code, times = rng.choice(MONGO_ERRORS), rng.randint(1, 5)
-    with MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=5000) as client:
-        spec = {"failCommands": commands, "errorCode": code}
-        client.admin.command("configureFailPoint", "failCommand", mode={"times": times}, data=spec)
-        time.sleep(hold)
-        client.admin.command("configureFailPoint", "failCommand", mode="off")
+    fail_command(stack.mongo_uri, {"times": times}, failCommands=commands, errorCode=code)
+    time.sleep(hold)
+    fail_command(stack.mongo_uri, "off")
     return f"failCommand {commands} code {code} times {times}"
 
 
