@@ -2,6 +2,7 @@
 
     . .venv/bin/activate && python -m bench.hot_profile            # about a minute
     python -m bench.hot_profile --profile owner --top 40           # cProfile of one variant
+    python -m bench.hot_profile --baseline 78900b0 --doc            # this checkout against a revision
 
 Starts its own redis-server and SecantusDB (demo data, as ``bench/near_bench.py``), builds the
 service (``bench.benchapp:app``) and the external ceiling (``bench.bareapp:app``) in this process
@@ -11,6 +12,11 @@ CPU per request (median of batches) for the warm anonymous lookup, the owner's b
 private device and the bare app, their ratios, and optionally the cProfile top entries. With
 ``--doc`` it writes the figures and the top entries of the anonymous lookup's profile into
 docs/BENCHMARKS.md under "Hot path in process (issue 16)".
+
+With ``--baseline REV`` it times instead the service of this checkout against the service of REV
+(``git archive``), each ``wsgi:app`` in a child process of its own (``--child TREE``) on the same
+servers and data, batches interleaved and their order alternating: the CPU of a warm anonymous
+lookup and of the owner's bearer read, and their ratio (issue 14: the hit path keeps its speed).
 """
 
 from __future__ import annotations
@@ -19,17 +25,23 @@ import argparse
 import cProfile
 import datetime as dt
 import io
+import json
 import os
 import pstats
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 from bench.common import HIT_DEVICE, PREFIX, Servers, bench_env, seed
 from bench.sections import publish
+from devstack.processes import ROOT
 
 SECTION = "## Hot path in process (issue 16)"
+BASELINE_SECTION = "## Hot path against the release before the outbox (issue 14)"
 LABELS = {
     "l1": "warm anonymous lookup (near cache)",
     "owner": "owner's bearer read of a private device (near cache)",
@@ -102,6 +114,96 @@ def per_request_us(calls: dict, n: int, batches: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def variants(app, token: str) -> dict:
+    """The warm anonymous lookup and the owner's bearer read of a private device, each a call."""
+    return {
+        "l1": caller(app, f"/api/v1/devices/{HIT_DEVICE[0]}/{HIT_DEVICE[1]}", {}),
+        "owner": caller(
+            app, f"/api/v1/devices/{PRIVATE_DEVICE[0]}/{PRIVATE_DEVICE[1]}", {"Authorization": f"Bearer {token}"}
+        ),
+    }
+
+
+def warm(calls: dict) -> None:
+    """Near caches subscribed and filled."""
+    for call in calls.values():
+        for _ in range(200):
+            call()
+    time.sleep(0.5)
+
+
+def child(tree: str) -> int:
+    """``--child TREE``: TREE's ``wsgi:app`` here; each line of stdin a batch size, each answer a JSON line of
+    CPU microseconds per request of each variant."""
+    sys.path.insert(0, tree)
+    from wsgi import app
+
+    loaded = Path(sys.modules["app"].__file__).resolve()
+    if not loaded.is_relative_to(Path(tree).resolve()):
+        raise RuntimeError(f"the service came from {loaded}, not from {tree}")
+    calls = variants(app, os.environ["HOT_PROFILE_TOKEN"])
+    warm(calls)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(per_request_us(calls, int(line), 1)), flush=True)
+    sys.stdout.flush()
+    os._exit(0)  # the service's threads are not the point
+
+
+def against(rev: str, env: dict, token: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Median CPU microseconds per request of each variant, for REV and for this checkout."""
+    with tempfile.TemporaryDirectory(prefix="hot-baseline-") as tmp:
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        trees = {"baseline": tmp, "this checkout": str(ROOT)}
+        children = {}
+        try:
+            for n, (name, tree) in enumerate(trees.items()):
+                child_env = {**env, "CACHE_KEY_PREFIX": f"hot{n}:", "HOT_PROFILE_TOKEN": token}
+                children[name] = subprocess.Popen(
+                    [sys.executable, "-m", "bench.hot_profile", "--child", tree],
+                    cwd=ROOT,
+                    env=child_env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                if (line := children[name].stdout.readline().strip()) != "ready":
+                    raise RuntimeError(f"{name} did not start: {line!r}")
+            samples: dict[str, dict[str, list[float]]] = {name: {"l1": [], "owner": []} for name in trees}
+            for batch in range(args.batches):
+                for name in list(trees)[:: 1 if batch % 2 else -1]:
+                    children[name].stdin.write(f"{args.requests}\n")
+                    children[name].stdin.flush()
+                    for variant, us in json.loads(children[name].stdout.readline()).items():
+                        samples[name][variant].append(us)
+        finally:
+            for proc in children.values():
+                proc.kill()
+                proc.wait()
+    return {name: {v: statistics.median(us) for v, us in by.items()} for name, by in samples.items()}
+
+
+def baseline_report(us: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    base, this = us["baseline"], us["this checkout"]
+    lines = [
+        BASELINE_SECTION,
+        "",
+        f"Measured {stamp} with `python -m bench.hot_profile --baseline {args.baseline} --doc` on {os.cpu_count()} "
+        f"cores: the service of `{args.baseline}` (the release before issue 14) and of this checkout, each "
+        "`wsgi:app` in a process of its own on the same redis-server, SecantusDB and data, called in process "
+        f"with a prepared environ; {args.batches} batches of {args.requests} requests per variant, interleaved, "
+        "their order alternating; median CPU microseconds per request. Goal: within 5 %.",
+        "",
+        f"| variant | `{args.baseline}` CPU us | this checkout CPU us | this / baseline |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in ("l1", "owner"):
+        lines.append(f"| {LABELS[name]} | {base[name]:.1f} | {this[name]:.1f} | {this[name] / base[name]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=500, help="per batch")
@@ -110,7 +212,18 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--doc", action="store_true", help="write the section in docs/BENCHMARKS.md")
+    parser.add_argument("--baseline", metavar="REV", help="time this checkout against REV instead")
+    parser.add_argument("--child", metavar="TREE", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(args.child)
+    if args.baseline:
+        with Servers("hot-baseline-") as servers:
+            env = bench_env(servers.redis, servers.mongo_port)
+            token = seed(env, servers.workdir, 50)["token"]
+            us = against(args.baseline, env, token, args)
+        publish(baseline_report(us, args), args.doc)
+        return 0
     if args.doc and "l1" not in args.profile:
         args.profile = [*args.profile, "l1"]
     with Servers("hot-profile-") as servers:
@@ -122,18 +235,11 @@ def main() -> int:
         from bench.benchapp import app
 
         try:
-            auth = {"Authorization": f"Bearer {demo['token']}"}
-            calls = {
-                "l1": caller(app, f"/api/v1/devices/{HIT_DEVICE[0]}/{HIT_DEVICE[1]}", {}),
-                "owner": caller(app, f"/api/v1/devices/{PRIVATE_DEVICE[0]}/{PRIVATE_DEVICE[1]}", auth),
-            }
+            calls = variants(app, demo["token"])
             body = app.test_client().get(f"/api/v1/devices/{quote(HIT_DEVICE[0])}/{quote(HIT_DEVICE[1])}").data
             app.extensions["device_cache"].client.set(PREFIX + BARE_KEY, body)
             calls["bare"] = caller(bare_app, "/", {})
-            for call in calls.values():  # warm: near cache subscribed and filled
-                for _ in range(200):
-                    call()
-            time.sleep(0.5)
+            warm(calls)
             us = per_request_us(calls, args.requests, args.batches)
             for name, value in us.items():
                 print(f"{name:6s} {value:7.1f} us CPU/request   bare/this {us['bare'] / value:.2f}")
