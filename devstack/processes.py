@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,19 @@ def wait_started(
 
 def stop_process(proc: subprocess.Popen, grace: float = 15) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds."""
-    if proc.poll() is None:
+    stop_processes([proc], grace)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], grace: float = 15) -> None:
+    """SIGTERM to every process at once (each stops in its own time, side by side), then SIGKILL
+    to those still running ``grace`` seconds later."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
         proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in running:
         try:
-            proc.wait(grace)
+            proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)

@@ -18,6 +18,7 @@ from app import create_app
 from app.cache import shared
 from devstack.cluster import ClusterSet
 from devstack.mongo import MongoServer, mongo_base_uri
+from devstack.processes import stop_processes
 from devstack.redis_server import RedisServer
 from devstack.sentinel import SentinelSet
 from devstack.web import LiveReplica
@@ -289,5 +290,6 @@ def live_replica(settings: dict, tmp_path) -> Iterator[Callable[..., LiveReplica
         return replica.start()
 
     yield start
+    stop_processes([replica.proc for replica in started if replica.proc is not None])  # side by side
     for replica in started:
         replica.stop()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import socket
+from types import SimpleNamespace
 
 import pytest
 
-from bench.chaos.checker import RECOVERY_MARGIN, check
+from bench.chaos.checker import RECOVERY_MARGIN, Report, check
 from bench.chaos.history import Fault, History, Op
-from bench.chaos.run import run_chaos, summary
+from bench.chaos.nemesis import Nemesis
+from bench.chaos.run import Result, doc_row, run_chaos, summary
 from devstack.proxy import TcpProxy
 from devstack.redis_server import RedisServer
 from devstack.wait import wait_until
@@ -187,3 +189,20 @@ def test_a_primary_restarted_empty_is_empty_beside_its_replica(tmp_path):
     finally:
         replica.cleanup()
         primary.cleanup()
+
+
+def test_a_fault_the_nemesis_failed_to_inject_is_not_counted_as_injected():
+    """A Sentinel failover that never completed was counted (and written) as one injected."""
+
+    def failover(settle: bool = True) -> float:
+        raise RuntimeError("timed out waiting for the failover")
+
+    stack = SimpleNamespace(topology="sentinel", replicas=[], redis=SimpleNamespace(failover=failover))
+    h = History()
+    nemesis = Nemesis(stack, h, seed=1, log=lambda line: None)
+    nemesis.inject("sentinel_failover")
+    assert nemesis.counts == {} and len(nemesis.failures) == 1
+    assert [f.kind for f in h.faults] == ["sentinel_failover"]  # its window is still in the history
+    result = Result("sentinel", 1, 60.0, h, Report(), nemesis.counts, nemesis.failures)
+    assert "| sentinel_failover" not in doc_row(result)
+    assert "not injected: sentinel_failover 1" in doc_row(result)

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from devstack.celery import start_celery
-from devstack.processes import service_env, stop_process
+from devstack.processes import service_env, stop_processes
 from devstack.redis_server import RedisServer
 from devstack.web import LiveReplica
 from tests.conftest import build_app, create_user, stop_app
@@ -87,8 +87,7 @@ def stack(settings, own_mongo, live_replica, tmp_path):
     try:
         yield app, replicas
     finally:
-        for proc in procs:
-            stop_process(proc, 15)
+        stop_processes([*procs, *(replica.proc for replica in replicas)], 15)
         stop_app(app)
 
 

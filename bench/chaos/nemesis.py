@@ -183,6 +183,7 @@ class Nemesis(threading.Thread):
         except Exception as exc:  # noqa: BLE001 -- the run goes on; the summary lists it
             detail = f"failed: {exc.__class__.__name__}: {exc}"
             self.failures.append(f"{kind}: {detail}")
+        else:
+            self.counts[kind] += 1  # injected: what a failed attempt did is only in the history
         self.history.fault(Fault(kind, start, time.monotonic(), target, detail))
-        self.counts[kind] += 1
         self.log(f"fault {kind}{'' if target is None else f' r{target}'}: {detail}")

@@ -123,5 +123,8 @@ def by_fault(result: Result) -> Counter:
 def doc_row(result: Result) -> str:
     r = result.report
     faults = ", ".join(f"{k} {v}" for k, v in sorted(result.faults.items()))
+    failed = Counter(line.split(":", 1)[0] for line in result.nemesis_failures)
+    if failed:  # attempted, not injected (a window of the history all the same)
+        faults += "; not injected: " + ", ".join(f"{k} {v}" for k, v in sorted(failed.items()))
     counts = f"{len(r.stale)} | {len(r.lost)} | {len(r.unexpected)}"
     return f"| {result.topology} | {result.seed} | {result.seconds / 60:.1f} | {result.ops} | {faults} | {counts} |"
