@@ -45,7 +45,7 @@ class SentinelSet(DataNodes):
             conf = os.path.join(self.dir, f"sentinel-{port}.conf")
             with open(conf, "w") as f:
                 f.write(
-                    f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                    f"port {port}\nbind 127.0.0.1\ndir {self.dir}\nlogfile {self.dir}/sentinel-{port}.log\n"
                     f"sentinel monitor {self.MASTER} 127.0.0.1 {master_port} 2\n"
                     f"sentinel down-after-milliseconds {self.MASTER} 60000\n"
                     f"sentinel failover-timeout {self.MASTER} 10000\n"
@@ -125,6 +125,24 @@ class SentinelSet(DataNodes):
         if settle:
             self.wait_settled()
         return promoted
+
+    def wait_replica_reported(self) -> None:
+        """Until every sentinel's last INFO of the replica reported it a replica, before a failover
+        that follows another within seconds. A sentinel polls a replica every 10 s: one whose last
+        poll of the old master was from before it was made a replica takes its promotion for a
+        stale master of 8 s and turns it back into a replica, and the forced failover aborts
+        (``-failover-abort-slave-timeout``: the chaos run's failovers that never happened)."""
+
+        def reported() -> bool:
+            port = self.replica().port
+            for sentinel_port in self.sentinel_ports:
+                with self.sentinel(sentinel_port) as s:
+                    replicas = [r for r in s.sentinel_slaves(self.MASTER) if int(r["port"]) == port]
+                    if not replicas or replicas[0].get("role-reported") != "slave":
+                        return False
+            return True
+
+        wait_redis(reported, 30, "every sentinel to have seen the replica as one")
 
     def replica_of(self, key: str) -> RedisServer:
         return self.replica()

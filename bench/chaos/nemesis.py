@@ -70,6 +70,7 @@ def client_pause(stack: Stack, rng: random.Random, hold: float) -> str:
 
 
 def sentinel_failover(stack: Stack, rng: random.Random, hold: float) -> str:
+    stack.redis.wait_replica_reported()  # the last failover may be seconds ago
     stack.redis.failover(settle=False)
     time.sleep(hold)
     stack.redis.settle()
