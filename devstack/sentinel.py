@@ -129,9 +129,10 @@ class SentinelSet(DataNodes):
     def wait_replica_reported(self) -> None:
         """Until every sentinel's last INFO of the replica reported it a replica, before a failover
         that follows another within seconds. A sentinel polls a replica every 10 s: one whose last
-        poll of the old master was from before it was made a replica takes its promotion for a
-        stale master of 8 s and turns it back into a replica, and the forced failover aborts
-        (``-failover-abort-slave-timeout``: the chaos run's failovers that never happened)."""
+        poll of the old master was from before it was made a replica has seen it as a master for
+        over 8 s when it reports "master" again (promoted), takes it for a stale master, turns it
+        back into a replica, and the forced failover aborts (``-failover-abort-slave-timeout``:
+        the chaos run's failovers that never happened)."""
 
         def reported() -> bool:
             port = self.replica().port
