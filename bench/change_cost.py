@@ -28,19 +28,13 @@ from pathlib import Path
 import requests
 from pymongo import MongoClient
 
-from bench.common import REPLICA_SETTINGS, ROOT, Servers, bench_env
+from bench.common import REPLICA_SETTINGS, ROOT, Servers, bench_env, export
 from bench.sections import publish
 from devstack.ports import free_port
 from devstack.web import gunicorn_argv, wait_serving
 
 SECTION = "## Coherence (issue 14)"
 WRITES = ("insert", "update", "delete")
-
-
-def export(rev: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 class Replica:

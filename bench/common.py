@@ -71,6 +71,13 @@ class Servers:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def export(rev: str, into: Path) -> Path:
+    """The tree of revision ``rev`` (``git archive``), written into ``into``: a baseline to run beside this checkout."""
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def bench_env(redis_server: RedisServer, mongo_port: int) -> dict[str, str]:
     """The environment of the bench's service processes: its own servers, a warm entry that cannot expire."""
     env = {

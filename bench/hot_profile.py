@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from bench.common import HIT_DEVICE, PREFIX, Servers, bench_env, seed
+from bench.common import HIT_DEVICE, PREFIX, Servers, bench_env, export, seed
 from bench.sections import publish
 from devstack.processes import ROOT
 
@@ -153,9 +153,7 @@ def child(tree: str) -> int:
 def against(rev: str, env: dict, token: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Median CPU microseconds per request of each variant, for REV and for this checkout."""
     with tempfile.TemporaryDirectory(prefix="hot-baseline-") as tmp:
-        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        trees = {"baseline": tmp, "this checkout": str(ROOT)}
+        trees = {"baseline": str(export(rev, Path(tmp))), "this checkout": str(ROOT)}
         children = {}
         try:
             for n, (name, tree) in enumerate(trees.items()):

@@ -69,10 +69,10 @@ def fence_of(message: bytes, connection: str, connections: int) -> str | None:
 def acknowledge(client: Any, keys: KeySpace, tokens: list[str]) -> None:
     """Acknowledge fences applied here. A lost acknowledgement only makes its change wait out
     PONG_DEADLINE, so nothing here may fail the caller (a request, or the listener thread)."""
-    for token in tokens:
-        key = keys.fence(token)
-        with contextlib.suppress(*REDIS_ERRORS, OSError, ValueError):  # ValueError: a closed client
-            pipe = client.pipeline(transaction=False)
+    with contextlib.suppress(*REDIS_ERRORS, OSError, ValueError):  # ValueError: a closed client
+        pipe = client.pipeline(transaction=False)  # one round trip for all of them
+        for token in tokens:
+            key = keys.fence(token)
             pipe.rpush(key, 1)
             pipe.pexpire(key, TTL_MS)
-            pipe.execute()
+        pipe.execute()

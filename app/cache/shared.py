@@ -163,7 +163,8 @@ class SharedCache:
         return bool(record.chains or record.globs) or any(key.startswith(NEAR_KINDS) for key in record.keys)
 
     def fence(self) -> str:
-        """Return once every other near cache has applied a drop just made (``fence.py``)."""
+        """Return once every near cache of the prefix, this process's too, has applied a drop just
+        made, or the heartbeat rule vouches for it (``fence.py``)."""
         return fence.wait(self.topology, self.client, self.keys)
 
     def settle(self, *scopes: str) -> None:
