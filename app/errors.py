@@ -74,7 +74,7 @@ def register_error_handlers(app: Flask) -> None:
     def handle_db_down(exc: Exception):
         # Unreachable, timed out, or a command failed on the server (a failing node, a fail point):
         # whatever the change did is recorded (the cache's outbox), so the client may retry.
-        log.warning("MongoDB unavailable: %s", exc.__class__.__name__)
+        log.warning("MongoDB unavailable: %s: %.300s", exc.__class__.__name__, exc)  # the driver's reason, bounded
         return error_response(503, "db_unavailable", "the database is unavailable, retry shortly")
 
     @app.errorhandler(Exception)

@@ -6,7 +6,7 @@ two gunicorn masters (``-w 2 -k gevent``) of ``wsgi:app`` on the same redis-serv
 one with the query cache, one without.
 Measured with wrk: the dashboard's default query (last 24 h, 30-minute buckets, ``avg``), 7 days
 at 60-minute buckets, and the warm device lookup route of the same device; then the Redis memory
-one device, one measurement, one resolution takes per day of buckets.
+one device, one measurement, one resolution takes per day of buckets, and one device's push log.
 
     python -m bench.query_bench          # about 3 minutes; writes its section of docs/BENCHMARKS.md
 """
@@ -104,7 +104,16 @@ def memory_per_day(client: redis.Redis) -> dict[int, float]:
     return out
 
 
-def report(results: dict, memory: dict[int, float], load: LoadGen, args: argparse.Namespace) -> str:
+def log_memory(client: redis.Redis) -> tuple[int, int]:
+    """Bytes (``MEMORY USAGE`` of the sorted set and its hash) and readings of the 1-id device's push log."""
+    keys = list(client.scan_iter(match=f"{PREFIX}query:*|{SOLO}|{SOLO_NAME}}}:log*", count=1000))
+    log = next((k for k in keys if k.endswith(b":log")), None)
+    return sum(client.memory_usage(k) or 0 for k in keys), client.zcard(log) if log else 0
+
+
+def report(
+    results: dict, memory: dict[int, float], pushed: tuple[int, int], load: LoadGen, args: argparse.Namespace
+) -> str:
     def ratio(a: str, b: str) -> float:
         return results[a]["rps"] / results[b]["rps"] if results[b]["rps"] else float("nan")
 
@@ -147,20 +156,16 @@ def report(results: dict, memory: dict[int, float], load: LoadGen, args: argpars
         f"| cached dashboard query vs warm lookup route | ≥ 0.5× req/s | 2 ids {ratio('dash', 'lookup'):.2f}×,"
         f" 1 id {ratio('solo_dash', 'lookup'):.2f}× |",
         f"| Redis memory, one device, one measurement, one resolution, one day | stated | {mem} |",
+        f"| Redis memory, one device's push log (every measurement, the last 6 hours) | stated | {pushed[0]:,} B"
+        f" for {pushed[1]:,} readings ({pushed[0] / max(pushed[1], 1):.0f} B each) |",
         "",
-        "Few connections: every readings request here waits on SecantusDB (CPU-bound, one process), and more",
-        "connections only queue past wrk's 2 s timeout for the uncached variants (0 req/s). A cached query still",
-        "computes its fresh edge in MongoDB: the range's partial first bucket (a dashboard's start is now − 24 h,",
-        "never aligned) and its last buckets (open, or ended less than the 2-minute margin ago), plus any missing",
-        "chunks. SecantusDB reaches its index only from a first `$match` of one `meta.device_id` as an equality,",
-        "`meta.device_name` and one `timestamp` range (`$in` over a chain, `$or` of ranges, `$unionWith`, or any",
-        "other field in that `$match` scan the collection), so the cached path runs one such aggregation per chain",
-        "member and disjoint stretch (`app/readings/stretches.py`: 2 per member here, a few ms each) and merges the",
-        "partials in Python. Measured in process (median of 30, 2-id chain): a cached dashboard query took 17 ms,",
-        "14 ms of it in its 4 MongoDB queries and under 1 ms in the Redis round trip. The uncached path matches",
-        "`meta.device_id` with `$in` and `meta.owner_id` in its first `$match`, so it scans on SecantusDB even for",
-        "a chain of one id (the baseline, unchanged). The lookup-route goal needs the open bucket without any",
-        "MongoDB query (kept up to date by the pushes): not done.",
+        "Few connections: every uncached readings request waits on SecantusDB (CPU-bound, one process), and more",
+        "connections only queue past wrk's 2 s timeout for the uncached variants (0 req/s). A warm cached query",
+        "makes no MongoDB query: one EVAL per chain member returns its chunks of ended buckets, the readings of",
+        "the range's partial first bucket (cached whole, as partials) and, from the push log, the readings of the",
+        "buckets not yet final (`app/readings/cache.py`, `app/readings/log.py`). What it still costs, against the",
+        "lookup route's answer from the near cache: that Redis round trip and the Python that decodes, merges and",
+        "writes out the buckets (the closing note of issue 16 has the profile).",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
     ]
@@ -206,8 +211,9 @@ def main() -> None:
             started = time.monotonic()
             results[name] = measure(load, url, args.duration, args.rounds, connections)
             print(f"{name}: {results[name]['rps']:.1f} req/s ({time.monotonic() - started:.0f} s)", flush=True)
-        memory = memory_per_day(redis.Redis.from_url(env["REDIS_URL"]))
-    publish(report(results, memory, load, args), write=not args.no_docs)
+        client = redis.Redis.from_url(env["REDIS_URL"])
+        memory, pushed = memory_per_day(client), log_memory(client)
+    publish(report(results, memory, pushed, load, args), write=not args.no_docs)
 
 
 if __name__ == "__main__":

@@ -320,3 +320,31 @@ def test_a_primary_first_seen_alone_on_a_topology_that_fails_over_is_not_trusted
     for may_move, durable in ((False, True), (True, False)):
         replies, done = Replicas(100, may_move=may_move).write("p", node, lambda pipe: pipe.unlink("none"))
         assert (replies, done) == ([0], durable)
+
+
+def test_the_readings_caches_writes_trust_a_primary_first_seen_alone_not_one_that_lost_its_replicas(redis_server):
+    """The push log's appends and the drops of readings chunks (``first_alone_ok``) count on a
+    replica just promoted, so a failover does not stop the cache for ``LOST_GRACE``; a primary
+    that has just lost its replicas (the losing side of a failover) is still not trusted."""
+    from app.cache.replicas import Replicas, _Primary
+
+    node = redis_server.probe
+    replicas = Replicas(100, may_move=True)
+    assert replicas.write("p", node, lambda pipe: pipe.unlink("none"), first_alone_ok=True)[1] is True
+    assert replicas.write("p", node, lambda pipe: pipe.unlink("none"))[1] is False  # the lookups' drops
+    replicas._known["p"] = _Primary(1, 0.0, None)  # seen with a replica; now it has none
+    assert replicas.write("p", node, lambda pipe: pipe.unlink("none"), first_alone_ok=True)[1] is False
+
+
+def test_an_outbox_record_whose_retried_insert_finds_it_there_is_recorded_once(app):
+    """pymongo retries an insert once after a network error; when the first attempt had landed,
+    SecantusDB refuses the retry as a duplicate id (MongoDB answers it as done). The change goes
+    on: its record is there (a push under a loaded run answered 503 instead)."""
+    from app.cache.outbox import Record
+
+    with app.app_context():
+        outbox = app.extensions["shared_cache"].outbox
+        record = Record(keys=["device:d|n"])
+        outbox.open(record)
+        assert outbox.open(record) is record
+        assert outbox.collection().count_documents({"_id": record.id}) == 1

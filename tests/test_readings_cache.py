@@ -6,13 +6,16 @@ on the same database, for random ranges, resolutions, aggregations, units, pages
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.cache.shared import QUERY, shared_cache
+from app.readings.partials import to_ms
 from app.readings.schema import AGGS, NUMERIC, QUERYABLE
+from app.timeutil import isoformat, parse_iso
 from tests.conftest import bearer, create_user, register
 from tests.helpers import insert_readings, push, read, wait_until
 
@@ -85,8 +88,14 @@ def assert_same(got: dict, want: dict, context) -> None:
             assert a["value"] == b["value"], context
 
 
-def compare(rng, clients, uncached, headers, now, rounds: int) -> None:
+def compare(rng, clients, uncached, headers, now, rounds: int, keys: dict | None = None) -> None:
+    """Random queries, each through both replicas against the uncached app; with ``keys``
+    (device id -> key), a push through either replica before most of them (the push log)."""
     for n in range(rounds):
+        if keys and rng.random() < 0.7:
+            device_id = rng.choice(sorted(keys))
+            pushed = push(clients[rng.randrange(2)], keys[device_id], device_id, NAME, random_values(rng))
+            assert pushed.status_code == 201, pushed.get_json()
         measurement, params = random_query(rng, now)
         want = read(uncached, "m-1", NAME, measurement, headers=headers, **params)
         assert want.status_code == 200, want.get_json()
@@ -104,25 +113,26 @@ def test_cached_answers_equal_uncached_for_random_queries_through_two_replicas(r
     owner = create_user(replicas[0], "owner")
     headers = bearer(owner)
     now = datetime.now(UTC)
-    for device_id in ("m-1", "m-2", "m-3"):
-        register(clients[0], owner, device_id, NAME, private=True)
+    keys = {d: register(clients[0], owner, d, NAME, private=True) for d in ("m-1", "m-2", "m-3")}
     for i, device_id in enumerate(("m-1", "m-2", "m-3")):
         rows = rows_for(rng, BASE + timedelta(days=i), DAYS - 2 * i, 600)
         rows += rows_for(rng, now - timedelta(hours=8), 8.5 / 24, 300)  # up to the open bucket and past now
         insert_readings(replicas[0], device_id, NAME, owner["user_id"], rows)
-    compare(rng, clients, uncached, headers, now, 30)
+    compare(rng, clients, uncached, headers, now, 30, keys)
     assert any(raw.scan_iter(match="*query:*", count=1000)), "nothing was cached"
+    assert any(raw.zcard(k) > 1 for k in raw.scan_iter(match="*query:*:log", count=1000)), "no push log was kept"
 
     # The chain grows: a new member's readings fill buckets that other members' chunks already hold.
-    register(clients[1], owner, "m-4", NAME, private=True)
+    keys["m-4"] = register(clients[1], owner, "m-4", NAME, private=True)
     insert_readings(replicas[0], "m-4", NAME, owner["user_id"], rows_for(rng, BASE, DAYS, 900))
-    compare(rng, clients, uncached, headers, now, 18)
+    compare(rng, clients, uncached, headers, now, 18, keys)
 
     # ... and shrinks.
-    keys = clients[0].get("/api/v1/api-keys", headers=headers).get_json()["keys"]
-    gone = next(k for k in keys if k["device_id"] == "m-2")
+    listed = clients[0].get("/api/v1/api-keys", headers=headers).get_json()["keys"]
+    gone = next(k for k in listed if k["device_id"] == "m-2")
     assert clients[0].delete(f"/api/v1/api-keys/{gone['key_id']}", headers=headers).status_code == 204
-    compare(rng, clients, uncached, headers, now, 18)
+    del keys["m-2"]
+    compare(rng, clients, uncached, headers, now, 18, keys)
     for app in replicas:
         app.extensions["shared_cache"].flush()
     counts = replicas[0].extensions["shared_cache"].counters(QUERY)  # summed over both replicas
@@ -256,3 +266,115 @@ def test_stretches_touching_or_overlapping_become_one():
     from app.readings.stretches import union
 
     assert union([(5, 9), (0, 5), (20, 30), (7, 12), (30, 30), (25, 26)]) == [(0, 12), (20, 30)]
+
+
+# -- the edges: ended edge buckets and the push log (no MongoDB once warm) -------------------------
+
+
+def dashboard(client, device_id: str = "dev-1", **params) -> dict:
+    """The dashboard's default query: the last 24 hours in 30-minute buckets."""
+    response = read(client, device_id, NAME, "temp", resolution=30, **params)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+@pytest.fixture
+def mongo_reads(monkeypatch) -> list[str]:
+    """Every MongoDB read a readings query makes, by name (the cache's three and the uncached one)."""
+    import app.readings.cache as cache
+    import app.readings.plan as plan
+    import app.readings.service as service
+
+    calls: list[str] = []
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    for module, name in ((plan, "aggregate"), (plan, "bucket_readings"), (cache, "fill"), (service, "aggregate_rows")):
+        monkeypatch.setattr(module, name, counted(name, getattr(module, name)))
+    return calls
+
+
+def test_a_warm_dashboard_query_reads_no_mongodb_and_sees_every_push_on_either_replica(replicas, mongo_reads, raw):
+    clients = [app.test_client() for app in replicas]
+    owner = create_user(replicas[0], "owner")
+    key = register(clients[0], owner, "dev-1", NAME)
+    now = datetime.now(UTC)
+    rows = [(now - timedelta(minutes=m, seconds=7), {"temp": 20.0 + m % 13}) for m in range(1, 26 * 60)]
+    insert_readings(replicas[0], "dev-1", NAME, owner["user_id"], rows)
+    stored = [(to_ms(at), values["temp"]) for at, values in rows]  # what the answers must hold
+    dashboard(clients[0])  # creates and fills the log, writes the chunks (the first bucket with them)
+    dashboard(clients[1])  # writes the first bucket's readings
+    assert {"aggregate", "bucket_readings", "fill"} <= set(mongo_reads)
+    mongo_reads.clear()
+    for n in range(6):
+        pushed = push(clients[n % 2], key, "dev-1", NAME, {"temp": 100.0 + n})
+        assert pushed.status_code == 201
+        stored.append((to_ms(parse_iso(pushed.get_json()["timestamp"])), 100.0 + n))
+        got = dashboard(clients[(n + 1) % 2])
+        assert mongo_reads == [], mongo_reads  # the chunks, the first bucket's readings and the log
+        assert_buckets(got, stored, 30 * 60_000)
+    prefix = replicas[0].config["CACHE_KEY_PREFIX"]
+    assert raw.zcard(f"{prefix}query:{{{owner['user_id']}|dev-1|{NAME}}}:log") >= 6 * 60
+
+
+def assert_buckets(got: dict, stored: list[tuple[int, float]], width: int) -> None:
+    """An avg answer against the readings the test stored (ms, value), bucket by bucket."""
+    start, end = to_ms(parse_iso(got["start"])), to_ms(parse_iso(got["end"]))
+    buckets: dict[int, list[float]] = {}
+    for at_ms, value in stored:
+        if start <= at_ms < end:
+            buckets.setdefault(at_ms - at_ms % width, []).append(value)
+    want = [
+        (isoformat(datetime.fromtimestamp(b / 1000, UTC)), len(v), sum(v) / len(v)) for b, v in sorted(buckets.items())
+    ]
+    assert [(i["timestamp"], i["count"]) for i in got["items"]] == [(t, c) for t, c, _ in want]
+    assert [i["value"] for i in got["items"]] == pytest.approx([v for _, _, v in want], rel=1e-9)
+
+
+def test_a_push_that_cannot_reach_redis_drops_the_log_before_it_answers(replicas, make_app):
+    clients = [app.test_client() for app in replicas]
+    owner = create_user(replicas[0], "owner")
+    key = register(clients[0], owner, "dev-1", NAME)
+    assert push(clients[0], key, "dev-1", NAME, {"temp": 1.0}).status_code == 201
+    before = dashboard(clients[1])
+    assert dashboard(clients[1])["items"] == before["items"]  # served from the log now
+    cut_off = make_app(REDIS_URL="redis://127.0.0.1:9/0")  # the same prefix and database, no Redis
+    assert push(cut_off.test_client(), key, "dev-1", NAME, {"temp": 2.0}).status_code == 201
+    after = dashboard(clients[1])
+    assert sum(i["count"] for i in after["items"]) == sum(i["count"] for i in before["items"]) + 1
+
+
+@pytest.mark.parametrize("outgrown", ["entries", "bytes"])
+def test_the_log_is_bounded_and_stays_complete_from_what_it_keeps(app, client, owner, monkeypatch, raw, outgrown):
+    import app.readings.log as push_log
+
+    monkeypatch.setattr(push_log, "MAX_ENTRIES", 5)
+    key = register(client, owner, "dev-1", NAME)
+    dashboard(client)  # the log exists from now on
+    big = [{"position": i, "enabled": True, "description": "x" * 200} for i in range(20)]
+    for n in range(8):
+        # Over MAX_ENTRIES from the sixth reading on; or the second over MAX_ENTRY_BYTES.
+        readings = {"temp": float(n), "relays": big} if outgrown == "bytes" and n == 1 else {"temp": float(n)}
+        assert push(client, key, "dev-1", NAME, readings).status_code == 201
+        assert sum(i["count"] for i in dashboard(client)["items"]) == n + 1
+    log_key = f"{app.config['CACHE_KEY_PREFIX']}query:{{{owner['user_id']}|dev-1|{NAME}}}:log"
+    temps = sorted(json.loads(m)[2]["temp"] for m in raw.zrange(log_key, 0, -1) if m)  # not the marker
+    assert temps == [3.0, 4.0, 5.0, 6.0, 7.0]
+
+
+def test_a_log_evicted_apart_from_its_hash_is_made_anew_not_read_as_empty(app, client, owner, raw):
+    # allkeys-lru evicts keys one by one: the sorted set may go while its hash stays.
+    key = register(client, owner, "dev-1", NAME)
+    dashboard(client)
+    for n in range(3):
+        assert push(client, key, "dev-1", NAME, {"temp": float(n)}).status_code == 201
+    assert sum(i["count"] for i in dashboard(client)["items"]) == 3
+    raw.delete(f"{app.config['CACHE_KEY_PREFIX']}query:{{{owner['user_id']}|dev-1|{NAME}}}:log")
+    assert sum(i["count"] for i in dashboard(client)["items"]) == 3
+    assert push(client, key, "dev-1", NAME, {"temp": 3.0}).status_code == 201
+    assert sum(i["count"] for i in dashboard(client)["items"]) == 4

@@ -19,11 +19,21 @@ from app.redis_topology import REDIS_ERRORS, Topology
 
 
 class Invalidator:
-    def __init__(self, topology: Topology, client: Any, replicas: Replicas, on_error: Callable[[BaseException], None]):
+    def __init__(
+        self,
+        topology: Topology,
+        client: Any,
+        replicas: Replicas,
+        on_error: Callable[[BaseException], None],
+        trusts_new_primary: Callable[[str], bool] = lambda key: False,
+    ):
         self.topology = topology
         self.client = client
         self.replicas = replicas
         self.on_error = on_error  # counts the error and tells the breaker
+        # Keys whose drop counts on a primary first seen alone (``Replicas.write``'s first_alone_ok):
+        # the readings cache's, which the push log's appends write on the same terms.
+        self.trusts_new_primary = trusts_new_primary
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -71,8 +81,10 @@ class Invalidator:
             self.on_error(exc)
             return keys
         for name, (node, slots) in groups.items():
+            lenient = all(self.trusts_new_primary(key) for slot in slots for key in slot)
+            add = lambda pipe, slots=slots: [pipe.unlink(*s) for s in slots]  # noqa: E731
             try:
-                durable = self.replicas.write(name, node, lambda pipe, slots=slots: [pipe.unlink(*s) for s in slots])[1]
+                durable = self.replicas.write(name, node, add, first_alone_ok=lenient)[1]
             except REDIS_ERRORS as exc:
                 self.on_error(exc)
                 durable = False

@@ -7,6 +7,10 @@ Under ``CACHE_KEY_PREFIX`` (what ``/cache/clear`` and ``/cache/invalidate`` walk
   ``query:{<owner>|<device_id>|<device_name>}:gen``   a chain member's generation of cached readings chunks
   ``query:{<owner>|<device_id>|<device_name>}:<measurement>:<family>:<resolution>:<chunk>``
                                                       one chunk of bucket partials (``app/readings/cache.py``)
+  ``query:{<owner>|<device_id>|<device_name>}:raw:<measurement>:<family>:<resolution>:<bucket>``
+                                                      one ended bucket's readings, as partials (a range's edge)
+  ``query:{<owner>|<device_id>|<device_name>}:log``, ``…:logmeta``
+                                                      its recent readings, kept by the pushes (``app/readings/log.py``)
 Bookkeeping, beside the prefix so ``/cache/clear`` keeps it (``meta:{<prefix>}…``):
   ``stats:device``, ``hot:device``, ``hot:decayed_at``, ``stats:history``, ``flushed:<token>``,
   ``collector:last_run``, ``warmer:last_run``, ``lock:warm``, ``lock:stats``; and the
@@ -23,6 +27,7 @@ Pair = tuple[str, str]
 
 
 NEAR_KINDS = ("device:", "user:")  # the relative keys a near cache may hold
+QUERY_KEYS = "query:"  # the readings query cache's keys: no fill lock, no near cache
 
 
 def device_key(device_id: str, device_name: str) -> str:
@@ -36,7 +41,7 @@ def user_key(user_id: str) -> str:
 
 def query_member(owner_id: str, device_id: str, device_name: str) -> str:
     """A chain member's readings-cache keys share one hash tag (one Cluster slot: one script)."""
-    return f"query:{{{owner_id}|{device_id}|{device_name}}}"
+    return f"{QUERY_KEYS}{{{owner_id}|{device_id}|{device_name}}}"
 
 
 def query_gen_key(owner_id: str, device_id: str, device_name: str) -> str:
@@ -47,6 +52,18 @@ def query_chunk_key(
     owner_id: str, device_id: str, device_name: str, measurement: str, family: str, resolution: int, chunk: int
 ) -> str:
     return f"{query_member(owner_id, device_id, device_name)}:{measurement}:{family}:{resolution}:{chunk}"
+
+
+def query_raw_key(
+    owner_id: str, device_id: str, device_name: str, measurement: str, family: str, resolution: int, bucket: int
+) -> str:
+    return f"{query_member(owner_id, device_id, device_name)}:raw:{measurement}:{family}:{resolution}:{bucket}"
+
+
+def query_log_keys(owner_id: str, device_id: str, device_name: str) -> tuple[str, str]:
+    """A member's push log: its hash (generation, complete from, filler) and its sorted set."""
+    member = query_member(owner_id, device_id, device_name)
+    return member + ":logmeta", member + ":log"
 
 
 def pair_of(key: str) -> Pair:

@@ -34,10 +34,11 @@ LOST_GRACE = 10.0  # seconds a primary that lost its replicas is suspected of be
 
 
 class _Primary:
-    __slots__ = ("count", "expires", "lost_at")
+    __slots__ = ("count", "expires", "lost_at", "lost_replicas")
 
-    def __init__(self, count: int, expires: float, lost_at: float | None) -> None:
+    def __init__(self, count: int, expires: float, lost_at: float | None, lost_replicas: bool = False) -> None:
         self.count, self.expires, self.lost_at = count, expires, lost_at
+        self.lost_replicas = lost_replicas  # lost_at is when it lost its replicas, not when first seen alone
 
 
 class Replicas:
@@ -59,29 +60,39 @@ class Replicas:
         connected = int(node.info("replication").get("connected_slaves", 0))
         with self._lock:
             known = self._known.get(name)
-            lost_at = known.lost_at if known is not None and not connected else None
+            alone = known is not None and not connected
+            lost_at = known.lost_at if alone else None
+            lost_replicas = known.lost_replicas if alone else False
             if known is not None and known.count and not connected:
-                lost_at = now
+                lost_at, lost_replicas = now, True
             elif known is None and not connected and self.may_move:
                 lost_at = now  # first seen alone: alone for long, or about to be replaced?
-            self._known[name] = _Primary(connected, now + (REPLICAS_TTL if connected else NO_REPLICAS_TTL), lost_at)
+            expires = now + (REPLICAS_TTL if connected else NO_REPLICAS_TTL)
+            self._known[name] = _Primary(connected, expires, lost_at, lost_replicas)
         return connected
 
-    def _settled_alone(self, name: str) -> bool:
-        """No replica to fail over to, and not for a moment only (see the module's docstring)."""
+    def _settled_alone(self, name: str, first_alone_ok: bool = False) -> bool:
+        """No replica to fail over to, and not for a moment only (see the module's docstring).
+        ``first_alone_ok``: a primary first seen alone counts as settled (only losing its
+        replicas makes it suspect)."""
         known = self._known.get(name)
-        return known is None or known.lost_at is None or time.monotonic() - known.lost_at >= LOST_GRACE
+        if known is None or known.lost_at is None or (first_alone_ok and not known.lost_replicas):
+            return True
+        return time.monotonic() - known.lost_at >= LOST_GRACE
 
     def forget(self) -> None:
         """After an outage or a failover the primaries may have changed."""
         with self._lock:
             self._known.clear()
 
-    def write(self, name: str, node: Redis, add: Callable[[Any], object]) -> tuple[list[Any], bool]:
+    def write(
+        self, name: str, node: Redis, add: Callable[[Any], object], first_alone_ok: bool = False
+    ) -> tuple[list[Any], bool]:
         """Run the commands ``add`` puts in a pipeline on this primary: (their replies, durable).
 
         Not durable: applied on the primary, but no replica acknowledged them in time (the
         caller retries; the commands must be idempotent). Raises what Redis raised.
+        ``first_alone_ok``: see ``_settled_alone`` (a push log's append: ``app/readings/log.py``).
         """
         replicas = self.count(name, node)
         pipe = node.pipeline(transaction=False)
@@ -92,11 +103,11 @@ class Replicas:
             pipe.execute_command("WAIT", replicas, self.wait_ms)
         replies = pipe.execute()
         if not replicas:
-            return replies, self._settled_alone(name)
+            return replies, self._settled_alone(name, first_alone_ok)
         acknowledged = replies.pop()
         if acknowledged >= replicas:
             return replies, True
         connected = self.count(name, node, fresh=True)  # a replica gone meanwhile is not waited for
         if connected:
             return replies, acknowledged >= connected
-        return replies, self._settled_alone(name)
+        return replies, self._settled_alone(name, first_alone_ok)

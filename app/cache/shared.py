@@ -36,7 +36,7 @@ from app.cache.background import Background
 from app.cache.breaker import CircuitBreaker
 from app.cache.counters import COUNTERS, CounterBuffer
 from app.cache.invalidation import Invalidator
-from app.cache.keys import NEAR_KINDS, KeySpace, Pair, device_key
+from app.cache.keys import NEAR_KINDS, QUERY_KEYS, KeySpace, Pair, device_key
 from app.cache.lookups import Kind, Lookups
 from app.cache.near import NearCache
 from app.cache.outbox import Outbox, Record
@@ -79,7 +79,10 @@ class SharedCache:
         self.breaker.on_change = self._breaker_changed
         self.replicas = Replicas(config["CACHE_REPLICA_WAIT_MS"], topology.may_move)
         self.counters_buffer = CounterBuffer(topology, self.keys, config["HOT_MAX_DEVICES"], self.replicas)
-        self.invalidator = Invalidator(topology, self.client, self.replicas, self.failed)
+        query_keys = self.keys.value(QUERY_KEYS)
+        self.invalidator = Invalidator(
+            topology, self.client, self.replicas, self.failed, lambda key: key.startswith(query_keys)
+        )
         self.near = NearCache(
             config["L1_CACHE_SIZE"],
             config["L1_CACHE_TTL"],
@@ -176,7 +179,9 @@ class SharedCache:
         keys: set[str] = set()
         complete = True
         for key in record.keys:
-            keys.update((self.keys.value(key), self.keys.lock(key)))
+            keys.add(self.keys.value(key))
+            if not key.startswith(QUERY_KEYS):  # the readings cache's keys have no fill lock
+                keys.add(self.keys.lock(key))
         try:
             for owner, name in record.chains:
                 for device_id, device_name in self.sources.chain_of(owner, name):

@@ -79,6 +79,35 @@ def from_group(fam: str, doc: dict[str, Any]) -> Partial:
     ]  # fmt: skip
 
 
+class Unfit(ValueError):
+    """A stored value whose ``$group`` result Python does not reproduce (a non-number where a
+    number belongs, from an import): that part of the query is left to MongoDB."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def of_reading(fam: str, measurement: str, at_ms: int, oid: str, values: dict[str, Any]) -> Partial | None:
+    """One reading's partial, as ``accumulators`` would make it of a bucket holding only that
+    reading; None if the query's ``$match`` leaves it out (it lacks the measurement)."""
+    if fam == "vpd":
+        if "temp" not in values and "rh" not in values:
+            return None
+        temp, rh = values.get("temp", 0), values.get("rh", 0)
+        if not (_number(temp) and _number(rh)):
+            raise Unfit(measurement)
+        return [1, int("temp" in values), temp, int("rh" in values), rh]
+    if measurement not in values:
+        return None
+    value = values[measurement]
+    if fam in ("first", "last"):
+        return [1, at_ms, oid, value]
+    if not _number(value):
+        raise Unfit(measurement)
+    return [1, value, value, value, at_ms, oid, value, at_ms, oid, value]
+
+
 def merge(fam: str, a: Partial, b: Partial) -> Partial:
     """Two partials of the same bucket (disjoint readings) as one. ObjectIds compare as their hex."""
     if fam == "vpd":

@@ -9,6 +9,7 @@ from typing import Any
 from app.db import READINGS
 from app.extensions import mongo
 from app.readings.cache import Rows, cached_rows
+from app.readings.log import append
 from app.readings.schema import MEASUREMENTS, from_celsius
 from app.timeutil import isoformat, utcnow_ms
 
@@ -22,7 +23,9 @@ def store_reading(device: dict[str, Any], values: dict[str, Any]) -> dict[str, A
         "device_name": device["device_name"],
         "owner_id": device["owner_id"],
     }
-    mongo.db[READINGS].insert_one({"timestamp": timestamp, "meta": meta, **values})
+    doc = {"timestamp": timestamp, "meta": meta, **values}
+    mongo.db[READINGS].insert_one(doc)
+    append((device["owner_id"], device["device_id"], device["device_name"]), doc)  # before the answer
     return {
         "device_id": device["device_id"],
         "device_name": device["device_name"],

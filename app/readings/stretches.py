@@ -24,7 +24,7 @@ from typing import Any
 
 from app.db import READINGS
 from app.extensions import mongo
-from app.readings.partials import EPOCH, MS, Partial, accumulators, from_group
+from app.readings.partials import EPOCH, MS, Partial, accumulators, from_group, of_reading, to_ms
 
 MAX_PER_MEMBER = 4  # head, one run of missing chunks, tail; and one more run
 MAX_QUERIES = 32  # in all, per cached query
@@ -90,4 +90,33 @@ def aggregate(
         for group in collection.aggregate(pipeline(device, measurement, fam, q, stretch, width)):
             key = group["_id"]
             out.append((stretch[0], key["b"], bool(key["s"]), from_group(fam, group)))
+    return out
+
+
+def bucket_readings(
+    device: dict[str, Any], device_id: str, measurement: str, fam: str, low: int, high: int
+) -> list[tuple[int, Partial]]:
+    """Every reading of one member in [low, high) ms, as (ms, partial) in the pipeline's order (time,
+    then ``_id``): an ended bucket at a range's edge, cached whole (``cache.py``). The filter holds
+    the index's fields only, as ``pipeline``'s first ``$match`` does; the rest is checked here.
+    Raises ``Unfit`` for a value only MongoDB aggregates faithfully."""
+    fields = ("temp", "rh") if measurement == "vpd" else (measurement,)
+    cursor = mongo.db[READINGS].find(
+        {
+            "meta.device_id": device_id,
+            "meta.device_name": device["device_name"],
+            "timestamp": {"$gte": EPOCH + low * MS, "$lt": EPOCH + high * MS},
+        },
+        {"timestamp": 1, "meta.owner_id": 1, **dict.fromkeys(fields, 1)},
+        sort=[("timestamp", 1), ("_id", 1)],
+    )
+    out = []
+    for doc in cursor:
+        if doc["meta"].get("owner_id") != device["owner_id"]:
+            continue
+        at_ms = to_ms(doc["timestamp"])
+        values = {name: doc[name] for name in fields if name in doc}
+        partial = of_reading(fam, measurement, at_ms, str(doc["_id"]), values)
+        if partial is not None:
+            out.append((at_ms, partial))
     return out

@@ -245,7 +245,8 @@ class ReaderThread(threading.Thread):
         pair = self.some_pair()
         headers, auth = self.auth(pair)
         end = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        query = f"?start={self.w.since}&end={end}&resolution=10080&size=1000&agg=avg"
+        # One-minute buckets: ended ones from the cache's chunks, the last minutes from the push log.
+        query = f"?start={self.w.since}&end={end}&resolution=1&size=1000&agg=avg"
         op = self.client.call("readings", "GET", device_path(pair) + "/readings/temp" + query, None, headers,
                               auth=auth, device_id=pair.device_id, device_name=pair.device_name)  # fmt: skip
         if op.status == 200:
