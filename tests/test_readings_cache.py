@@ -16,7 +16,7 @@ from app.cache.shared import QUERY, shared_cache
 from app.readings.partials import to_ms
 from app.readings.schema import AGGS, NUMERIC, QUERYABLE
 from app.timeutil import isoformat, parse_iso
-from tests.conftest import bearer, create_user, register
+from tests.conftest import all_topologies, bearer, create_user, register
 from tests.helpers import insert_readings, push, read, wait_until
 
 NAME = "room"
@@ -299,6 +299,7 @@ def mongo_reads(monkeypatch) -> list[str]:
     return calls
 
 
+@all_topologies
 def test_a_warm_dashboard_query_reads_no_mongodb_and_sees_every_push_on_either_replica(replicas, mongo_reads, raw):
     clients = [app.test_client() for app in replicas]
     owner = create_user(replicas[0], "owner")

@@ -171,16 +171,16 @@ class Plan:
         log_edge = next((e for e in self.edges if e.bucket is None), None)
         span = (log_edge.low, log_edge.high) if log_edge else ("", "")
         raw_edges = [(i, e) for i, e in enumerate(self.edges) if e.bucket is not None]
-        pipe = shared.client.pipeline(transaction=False)
+        calls: list[Script] = []
         fillers: list[str] = []
         for member in self.members:
             keys = [shared.key(query_gen_key(*member)), *(shared.key(k) for k in query_log_keys(*member))]
             keys += [shared.key(self.chunk_key(member, c)) for c in self.chunks]
             keys += [shared.key(self.raw_key(member, e.bucket)) for _, e in raw_edges]  # type: ignore[arg-type]
             fillers.append(secrets.token_hex(8))
-            pipe.eval(READ, len(keys), *keys, fillers[-1], ttl, now_ms, WINDOW_MS, FILL_TIMEOUT_MS, *span)
+            calls.append((READ, keys, (fillers[-1], ttl, now_ms, WINDOW_MS, FILL_TIMEOUT_MS, *span)))
         found: dict[Member, Found] = {}
-        for member, filler, reply in zip(self.members, fillers, pipe.execute(), strict=True):
+        for member, filler, reply in zip(self.members, fillers, run_scripts(shared, calls), strict=True):
             token = reply[0]
             got = found[member] = Found(token, filler, reply[1].decode())
             values = reply[3:]
@@ -225,8 +225,7 @@ class Plan:
     ) -> None:
         """Store the chunks and edge buckets this query computed, under the tokens it read (bounded in bytes)."""
         budget = MAX_WRITE_BYTES
-        pipe = shared.client.pipeline(transaction=False)
-        writes = 0
+        calls: list[Script] = []
         for member in self.members:
             keys, values = [shared.key(query_gen_key(*member))], []
             token = found[member].token.decode()
@@ -249,10 +248,8 @@ class Plan:
                 keys.append(shared.key(key))
                 values.append(raw)
             if values:
-                pipe.eval(WRITE, len(keys), *keys, token, ttl, *values)
-                writes += 1
-        if writes:
-            pipe.execute()
+                calls.append((WRITE, keys, (token, ttl, *values)))
+        run_scripts(shared, calls)
 
     # -- MongoDB -------------------------------------------------------------------------
 
@@ -334,6 +331,22 @@ class Plan:
                 done.append((bucket_ms, result[0], result[1]))
         begin = (self.q["page"] - 1) * self.q["size"]
         return len(done), done[begin : begin + self.q["size"]]
+
+
+Script = tuple[str, list[str], tuple]  # a script, its keys (one member's: one slot), its arguments
+
+
+def run_scripts(shared: QueryStore, calls: list[Script]) -> list[Any]:
+    """Each script on its keys' primary: one pipeline, or on a Cluster one call each (redis-py's
+    cluster pipeline sends no scripts; each call's keys share one slot, which routes it)."""
+    if not calls:
+        return []
+    if not shared.cache.topology.pipelines_scripts:
+        return [shared.client.eval(script, len(keys), *keys, *args) for script, keys, args in calls]
+    pipe = shared.client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.eval(script, len(keys), *keys, *args)
+    return pipe.execute()
 
 
 def _usable(raw: bytes | None, token: str, base: int, needed: int) -> list | None:

@@ -101,6 +101,7 @@ class Topology:
     name: ClassVar[str]  # what /cache/stats reports as ``redis.topology``
     sums_primaries: ClassVar[bool] = False  # several primaries: Redis's figures are summed over them
     may_move: ClassVar[bool] = False  # a failover can move a primary: a failed write asks where it is now
+    pipelines_scripts: ClassVar[bool] = True  # EVAL in a pipeline (redis-py's cluster pipeline has none)
     has_broker: ClassVar[bool] = True  # Celery can use this Redis as its broker
 
     def __init__(self, password: str | None = None) -> None:

@@ -94,6 +94,7 @@ class ClusterTopology(Topology):
     name = "cluster"
     sums_primaries = True
     may_move = True
+    pipelines_scripts = False
     has_broker = False  # kombu cannot use a Cluster
 
     def __init__(self, nodes: tuple[tuple[str, int], ...], password: str | None = None) -> None:
