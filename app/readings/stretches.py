@@ -46,6 +46,16 @@ def union(spans: list[Span]) -> list[Span]:
     return out
 
 
+def index_filter(device_id: str, device_name: str, low: int, high: int) -> dict[str, Any]:
+    """One member's readings in [low, high) ms, by the index's fields only (the shape SecantusDB
+    takes to the index ``(meta.device_id, meta.device_name, timestamp)``)."""
+    return {
+        "meta.device_id": device_id,
+        "meta.device_name": device_name,
+        "timestamp": {"$gte": EPOCH + low * MS, "$lt": EPOCH + high * MS},
+    }
+
+
 def pipeline(
     device: dict[str, Any], measurement: str, fam: str, q: dict[str, Any], stretch: Stretch, width: int
 ) -> list[dict[str, Any]]:
@@ -62,13 +72,7 @@ def pipeline(
     epoch_ms = {"$toLong": "$timestamp"}
     inside = {"$and": [{"$gte": ["$timestamp", q["start"]]}, {"$lt": ["$timestamp", q["end"]]}]}
     return [
-        {
-            "$match": {
-                "meta.device_id": device_id,
-                "meta.device_name": device["device_name"],
-                "timestamp": {"$gte": EPOCH + low * MS, "$lt": EPOCH + high * MS},
-            }
-        },
+        {"$match": index_filter(device_id, device["device_name"], low, high)},
         {"$match": {"meta.owner_id": device["owner_id"], **present}},
         {"$sort": {"timestamp": 1, "_id": 1}},
         {
@@ -102,11 +106,7 @@ def bucket_readings(
     Raises ``Unfit`` for a value only MongoDB aggregates faithfully."""
     fields = ("temp", "rh") if measurement == "vpd" else (measurement,)
     cursor = mongo.db[READINGS].find(
-        {
-            "meta.device_id": device_id,
-            "meta.device_name": device["device_name"],
-            "timestamp": {"$gte": EPOCH + low * MS, "$lt": EPOCH + high * MS},
-        },
+        index_filter(device_id, device["device_name"], low, high),
         {"timestamp": 1, "meta.owner_id": 1, **dict.fromkeys(fields, 1)},
         sort=[("timestamp", 1), ("_id", 1)],
     )
