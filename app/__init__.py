@@ -16,6 +16,7 @@ from app.celery_app import celery_init_app
 from app.config import load_config
 from app.cors import register_cors
 from app.db import OUTBOX
+from app.devices.hot import register_hot_read
 from app.devices.lookup import SCHEMA_VERSION, chain_pairs, load_device, load_devices
 from app.errors import register_error_handlers
 from app.extensions import cache, mongo
@@ -60,10 +61,12 @@ class JSONProvider(DefaultJSONProvider):
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         """``DefaultJSONProvider.response`` with the kept encoders (same body, same mimetype)."""
-        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(self.body(self._prepare_response_obj(args, kwargs)), mimetype=self.mimetype)
+
+    def body(self, obj: Any) -> str:
+        """A JSON response's body (``jsonify``'s; also the warm read's, ``app/devices/hot.py``)."""
         pretty = (self.compact is None and self._app.debug) or self.compact is False
-        encoder = self._indented if pretty else self._compact
-        return self._app.response_class(f"{encoder.encode(obj)}\n", mimetype=self.mimetype)
+        return f"{(self._indented if pretty else self._compact).encode(obj)}\n"
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -77,6 +80,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     register_blueprints(app)
     register_error_handlers(app)
     register_cors(app)
+    register_hot_read(app)
     register_input_guard(app)
     register_commands(app)
     return app

@@ -243,13 +243,32 @@ def _finish_request(response: Response) -> Response:
     request_id = getattr(ctx, "request_id", None) or request_id_from(None)
     response.headers[REQUEST_ID_HEADER] = request_id
     rule = req.url_rule
-    route = rule.rule if rule is not None else UNMATCHED_ROUTE
+    finished(
+        req.environ,
+        req.method,
+        rule.rule if rule is not None else UNMATCHED_ROUTE,
+        response.status_code,
+        getattr(ctx, "request_started", None),
+        request_id,
+        getattr(ctx, "cache_result", None),
+    )
+    return response
+
+
+def finished(
+    environ: dict[str, Any],
+    method: str,
+    route: str,
+    status: int,
+    started: float | None,
+    request_id: str,
+    cache_result: str | None,
+) -> None:
+    """A request answered: its metrics, and its log fields for gunicorn's access line. Called by
+    the request hook above and by the warm read answered before Flask (``app/devices/hot.py``)."""
     if _recording:
-        method = req.method
-        count, observe = _series(method if method in METHODS else "other", route, response.status_code)
+        count, observe = _series(method if method in METHODS else "other", route, status)
         count()
-        started = getattr(ctx, "request_started", None)
         if started is not None:
             observe(time.perf_counter() - started)
-    req.environ[ENVIRON_KEY] = {"request_id": request_id, "route": route, "cache": getattr(ctx, "cache_result", None)}
-    return response
+    environ[ENVIRON_KEY] = {"request_id": request_id, "route": route, "cache": cache_result}

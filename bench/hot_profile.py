@@ -235,7 +235,7 @@ def main() -> int:
         try:
             calls = variants(app, demo["token"])
             body = app.test_client().get(f"/api/v1/devices/{quote(HIT_DEVICE[0])}/{quote(HIT_DEVICE[1])}").data
-            app.extensions["device_cache"].client.set(PREFIX + BARE_KEY, body)
+            app.extensions["shared_cache"].client.set(PREFIX + BARE_KEY, body)
             calls["bare"] = caller(bare_app, "/", {})
             warm(calls)
             us = per_request_us(calls, args.requests, args.batches)
@@ -254,7 +254,7 @@ def main() -> int:
                 print(out.getvalue())
                 profiles[name] = profiler
         finally:
-            app.extensions["device_cache"].stop()
+            app.extensions["shared_cache"].stop()
     if args.doc:
         publish(report(us, profiles["l1"], args), write=True)
     return 0

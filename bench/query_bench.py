@@ -164,8 +164,9 @@ def report(
         "makes no MongoDB query: one EVAL per chain member returns its chunks of ended buckets, the readings of",
         "the range's partial first bucket (cached whole, as partials) and, from the push log, the readings of the",
         "buckets not yet final (`app/readings/cache.py`, `app/readings/log.py`). What it still costs, against the",
-        "lookup route's answer from the near cache: that Redis round trip and the Python that decodes, merges and",
-        "writes out the buckets (the closing note of issue 16 has the profile).",
+        "lookup route's answer from the near cache before Flask (`app/devices/hot.py`): Flask's own request work,",
+        "that Redis round trip and the Python that decodes, merges and writes out the buckets (the closing note of",
+        "issue 16 has the profile).",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
     ]

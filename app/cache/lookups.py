@@ -110,9 +110,7 @@ class Lookups:
         if readable and near.enabled:
             raw = near.get(full)
             if raw is not None and (value := self._current(kind, self.serializer.loads(raw))) is not None:
-                metrics.cache_event("hits", kind.name)
-                metrics.cache_event("l1_hits", kind.name)
-                cache.counters_buffer.count(kind.counter("hits"), key if kind.hot else None, kind.counter("l1_hits"))
+                self.count_near_hit(kind, key)
                 if kind.hot:
                     metrics.note_cache_result("l1")
                 return value
@@ -129,6 +127,21 @@ class Lookups:
         if raw is not None:
             near.put(full, token, raw, self.ttl_of(value))
         return value
+
+    def near_value(self, kind: Kind, key: str) -> dict[str, Any] | None:
+        """What ``lookup`` would answer from the near cache now, counted as nothing (None: it would
+        not). The warm read before Flask (``app/devices/hot.py``) looks first, and counts the hit
+        only if it answers; else Flask's request makes the lookup, counted once."""
+        cache = self.cache
+        if not cache.near.serving or not cache.warm_readable():
+            return None
+        raw = cache.near.get(cache.keys.value(key))
+        return None if raw is None else self._current(kind, self.serializer.loads(raw))
+
+    def count_near_hit(self, kind: Kind, key: str) -> None:
+        metrics.cache_event("hits", kind.name)
+        metrics.cache_event("l1_hits", kind.name)
+        self.cache.counters_buffer.count(kind.counter("hits"), key if kind.hot else None, kind.counter("l1_hits"))
 
     def ttl_of(self, value: dict[str, Any]) -> int:
         return self.ttl if value["found"] else self.negative_ttl

@@ -138,6 +138,9 @@ class Outbox:
 
     # -- every process's side ---------------------------------------------------------------
 
+    def lease_current(self) -> bool:
+        return time.monotonic() < self.lease_until
+
     def lease_valid(self) -> bool:
         """Whether this process may read the cache: its lease is current, or renewed now (a poll
         in the request, at most once per poll interval: the first lookup of a process, or after

@@ -130,6 +130,17 @@ class SharedCache:
             self.background.start()
         return self.breaker.allow() and not self.invalidator.pending and self.outbox.lease_valid()
 
+    def warm_readable(self) -> bool:
+        """``readable()`` as it stands, without starting the background work or polling MongoDB
+        for a lease run out (which needs an app context): false then, and the request's own
+        lookup through ``readable()`` does that."""
+        return (
+            self.background.started
+            and self.breaker.allow()
+            and not self.invalidator.pending
+            and self.outbox.lease_current()
+        )
+
     # -- changes ----------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -51,13 +51,18 @@ def check_read_access(device: dict[str, Any], user: User | None, api_key: str | 
 
 
 def public_view(device: dict[str, Any], user: User | None) -> dict[str, Any]:
+    return device_body(device, user.user_id if user is not None else None)
+
+
+def device_body(device: dict[str, Any], user_id: str | None) -> dict[str, Any]:
+    """The device as its reader sees it: the owner sees its id too."""
     body = {
         "device_id": device["device_id"],
         "device_name": device["device_name"],
         "chain": device["chain"],
         "public": device["public"],
     }
-    if user is not None and user.user_id == device["owner_id"]:
+    if user_id is not None and user_id == device["owner_id"]:
         body["owner_id"] = device["owner_id"]
     return body
 

@@ -1,0 +1,111 @@
+"""The warm device read, answered before Flask (issue 16 §5).
+
+``GET /api/v1/devices/<device_id>/<device_name>`` is what devices and dashboards call most, and
+a warm one is answered from the near cache in a small part of what the request costs: the rest
+is Flask's own work (request context, URL matching, hooks, the response object; ``python -m
+bench.hot_profile`` has the profile). This WSGI middleware answers the common case itself, with
+the bytes the view answers:
+
+- a GET of that exact path, without a query string, an ``X-API-Key`` or an ``Origin``;
+- whose pair the near cache holds as found, and which the caller may read: anyone when it is
+  public, its owner's bearer token (whose user the near cache holds too) when it is private;
+- with what the request hooks add: the X-Request-ID, the request's metrics and its log fields,
+  ``Vary: Origin`` when CORS is on (``app/cors.py``).
+
+Anything else goes to Flask as it came, with nothing counted: the lane counts its cache hits
+only once it answers, and a request it passes on makes its lookup in the view, counted there.
+So a miss, an error to answer (401, 403, 404), a malformed header or a stale near cache (it
+answers only while ``readable()`` would, without polling) cost a few microseconds more, never
+a different answer. ``tests/test_hot_read.py`` compares the two answers byte for byte.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
+
+from app.auth import TOKEN_PREFIX, same_hash, secret_id
+from app.cache.keys import device_key, user_key
+from app.cache.shared import USER, SharedCache
+from app.devices.service import device_body
+from app.metrics import REQUEST_ID_HEADER, finished, request_id_from
+from app.validation import valid_pair
+
+PREFIX = "/api/v1/devices/"
+ROUTE = PREFIX + "<device_id>/<device_name>"  # the view's URL rule (its metrics' label)
+PASSED_ON = ("HTTP_X_API_KEY", "HTTP_ORIGIN")  # either header present, even empty: Flask answers
+
+StartResponse = Callable[..., Any]
+
+
+class HotRead:
+    def __init__(self, app: Flask, wsgi_app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+        self.wsgi_app = wsgi_app
+        self.cache: SharedCache = app.extensions["shared_cache"]
+        self.json_body = app.json.body  # type: ignore[attr-defined]  # app.JSONProvider's: jsonify's bytes
+        self.extra_headers = [("Vary", "Origin")] if app.config["CORS_ORIGINS"] else []
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        path = environ.get("PATH_INFO", "")
+        if (
+            environ.get("REQUEST_METHOD") == "GET"
+            and path.startswith(PREFIX)
+            and not environ.get("QUERY_STRING")
+            and not any(name in environ for name in PASSED_ON)
+        ):
+            body = self._body(path, environ.get("HTTP_AUTHORIZATION"))
+            if body is not None:
+                request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
+                headers = [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(body))),
+                    *self.extra_headers,
+                    (REQUEST_ID_HEADER, request_id),
+                ]
+                start_response("200 OK", headers)
+                finished(environ, "GET", ROUTE, 200, started, request_id, "l1")
+                return [body]
+        return self.wsgi_app(environ, start_response)
+
+    def _body(self, path: str, authorization: str | None) -> bytes | None:
+        """The view's body if the near cache alone can answer it (hits counted), else None."""
+        device_id, slash, device_name = path[len(PREFIX) :].partition("/")
+        if not slash or not valid_pair(device_id, device_name):  # also: more segments, or a trailing slash
+            return None
+        lookups = self.cache.lookups
+        key = device_key(device_id, device_name)
+        device = lookups.near_value(self.cache.device, key)
+        if device is None or not device["found"]:
+            return None
+        user_id = self._bearer(authorization) if authorization is not None else None
+        if authorization is not None and user_id is None:
+            return None
+        if not device["public"] and user_id != device["owner_id"]:
+            return None
+        if user_id is not None:
+            lookups.count_near_hit(USER, user_key(user_id))  # as the view's lookups, in its order
+        lookups.count_near_hit(self.cache.device, key)
+        return self.json_body(device_body(device, user_id)).encode()
+
+    def _bearer(self, header: str) -> str | None:
+        """The user id of a genuine bearer token whose user the near cache holds; None otherwise."""
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        user_id = secret_id(token, TOKEN_PREFIX) if scheme.lower() == "bearer" else None
+        if user_id is None:
+            return None
+        user = self.cache.lookups.near_value(USER, user_key(user_id))
+        if user is None or not user["found"] or not same_hash(user.get("token_hash"), token):
+            return None
+        return user_id
+
+
+def register_hot_read(app: Flask) -> None:
+    """In front of Flask (behind the input guard, which must see every request first)."""
+    lane = HotRead(app, app.wsgi_app)
+    app.extensions["hot_read"] = lane
+    app.wsgi_app = lane  # type: ignore[method-assign]
