@@ -11,6 +11,7 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from redis.sentinel import Sentinel
 
 from app.cache.shared import QUERY, shared_cache
 from app.readings.partials import to_ms
@@ -379,3 +380,21 @@ def test_a_log_evicted_apart_from_its_hash_is_made_anew_not_read_as_empty(app, c
     assert sum(i["count"] for i in dashboard(client)["items"]) == 3
     assert push(client, key, "dev-1", NAME, {"temp": 3.0}).status_code == 201
     assert sum(i["count"] for i in dashboard(client)["items"]) == 4
+
+
+@pytest.mark.parametrize("topology", ["sentinel"], indirect=True)
+def test_pushes_on_sentinel_ask_no_sentinel_where_the_master_is(app, client, owner, monkeypatch):
+    """Every push appends to the log; where the master is, the process already follows."""
+    key = register(client, owner, "dev-1", NAME)
+    dashboard(client)  # the log exists: every push from now on appends to it
+    asked: list[str] = []
+    discover = Sentinel.discover_master
+
+    def counted(self, service_name):
+        asked.append(service_name)
+        return discover(self, service_name)
+
+    monkeypatch.setattr(Sentinel, "discover_master", counted)  # what every question to the sentinels goes through
+    for n in range(20):
+        assert push(client, key, "dev-1", NAME, {"temp": float(n)}).status_code == 201
+    assert len(asked) < 5, len(asked)  # was one per push

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -162,6 +162,16 @@ class SentinelTopology(Topology):
     def primary_names(self, client: Any) -> list[str]:
         address = client.connection_pool.master_address
         return [f"{address[0]}:{address[1]}"] if address else []
+
+    def by_slot(self, client: Any, keys: Iterable[str]) -> dict[str, tuple[Redis, list[list[str]]]]:
+        """The master this process follows, without asking a sentinel (every push's append comes
+        here): the watcher repoints the pool on a switch, and a write that fails there asks the
+        sentinels (``refresh``) before its retry. Asks them only while no master is known yet."""
+        names = self.primary_names(client)
+        if not names:
+            return super().by_slot(client, keys)
+        keys = list(keys)
+        return {names[0]: (client, [keys])} if keys else {}
 
     def close(self, client: Any) -> None:
         """Close every connection of a client built here, its pool's sentinels too."""
