@@ -9,9 +9,10 @@ service (``bench.benchapp:app``) and the external ceiling (``bench.bareapp:app``
 and calls each WSGI app with a prepared environ, no HTTP server and no gevent, so what is left is
 the Python each request runs: Flask, the request hooks, the lookup, JSON. Prints microseconds of
 CPU per request (median of batches) for the warm anonymous lookup, the owner's bearer read of a
-private device and the bare app, their ratios, and optionally the cProfile top entries. With
-``--doc`` it writes the figures and the top entries of the anonymous lookup's profile into
-docs/BENCHMARKS.md under "Hot path in process (issue 16)".
+private device, the bare app and a warm cached dashboard query (the lookup device's last 24 hours
+in 30-minute buckets, its readings a minute apart), their ratios, and optionally the cProfile top
+entries. With ``--doc`` it writes the figures and the top entries of the anonymous lookup's and the
+dashboard query's profiles into docs/BENCHMARKS.md under "Hot path in process (issue 16)".
 
 With ``--baseline REV`` it times instead the service of this checkout against the service of REV
 (``git archive``), each ``wsgi:app`` in a child process of its own (``--child TREE``) on the same
@@ -46,17 +47,20 @@ LABELS = {
     "l1": "warm anonymous lookup (near cache)",
     "owner": "owner's bearer read of a private device (near cache)",
     "bare": "bare app: one Redis GET (`bench/bareapp.py`)",
+    "dash": "cached dashboard query, warm (24 h, 30-minute buckets, `avg`)",
 }
+DASHBOARD_QUERY = "resolution=30"  # the default range: the last 24 hours
+READING_MINUTES = 36 * 60  # a day and a half of readings, a minute apart
 
 PRIVATE_DEVICE = ("demo-00005", "Room 3")
 
 
-def environ(path: str, headers: dict[str, str]) -> dict:
+def environ(path: str, headers: dict[str, str], query: str = "") -> dict:
     env = {
         "REQUEST_METHOD": "GET",
         "SCRIPT_NAME": "",
         "PATH_INFO": path,
-        "QUERY_STRING": "",
+        "QUERY_STRING": query,
         "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "8000",
         "SERVER_PROTOCOL": "HTTP/1.1",
@@ -76,8 +80,8 @@ def environ(path: str, headers: dict[str, str]) -> dict:
     return env
 
 
-def caller(app, path: str, headers: dict[str, str]):
-    template = environ(path, headers)  # PATH_INFO is the decoded path, as a WSGI server gives it
+def caller(app, path: str, headers: dict[str, str], query: str = ""):
+    template = environ(path, headers, query)  # PATH_INFO is the decoded path, as a WSGI server gives it
     statuses: list[str] = []
 
     def start_response(status, response_headers, exc_info=None):
@@ -122,6 +126,25 @@ def variants(app, token: str) -> dict:
             app, f"/api/v1/devices/{PRIVATE_DEVICE[0]}/{PRIVATE_DEVICE[1]}", {"Authorization": f"Bearer {token}"}
         ),
     }
+
+
+def seed_readings(app, device: tuple[str, str]) -> None:
+    """``READING_MINUTES`` of ``temp`` readings a minute apart for ``device``, by the service's code."""
+    from app.db import READINGS
+    from app.devices.lookup import load_device
+    from app.extensions import mongo
+    from app.readings.cache import drop_members
+
+    with app.app_context():
+        owner = load_device(*device)["owner_id"]
+        meta = {"device_id": device[0], "device_name": device[1], "owner_id": owner}
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        docs = [
+            {"timestamp": now - dt.timedelta(minutes=m), "meta": meta, "temp": 20 + (m % 97) / 10}
+            for m in range(READING_MINUTES)
+        ]
+        mongo.db[READINGS].insert_many(docs, ordered=False)
+        drop_members({(owner, *device)})
 
 
 def warm(calls: dict) -> None:
@@ -206,7 +229,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=500, help="per batch")
     parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--profile", choices=("l1", "owner", "bare"), nargs="*", default=[])
+    parser.add_argument("--profile", choices=tuple(LABELS), nargs="*", default=[])
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--doc", action="store_true", help="write the section in docs/BENCHMARKS.md")
@@ -222,8 +245,8 @@ def main() -> int:
             us = against(args.baseline, env, token, args)
         publish(baseline_report(us, args), args.doc)
         return 0
-    if args.doc and "l1" not in args.profile:
-        args.profile = [*args.profile, "l1"]
+    if args.doc:
+        args.profile = [*args.profile, *(name for name in ("l1", "dash") if name not in args.profile)]
     with Servers("hot-profile-") as servers:
         env = bench_env(servers.redis, servers.mongo_port)
         demo = seed(env, servers.workdir, 50)
@@ -237,10 +260,14 @@ def main() -> int:
             body = app.test_client().get(f"/api/v1/devices/{quote(HIT_DEVICE[0])}/{quote(HIT_DEVICE[1])}").data
             app.extensions["shared_cache"].client.set(PREFIX + BARE_KEY, body)
             calls["bare"] = caller(bare_app, "/", {})
+            seed_readings(app, HIT_DEVICE)
+            readings = f"/api/v1/devices/{HIT_DEVICE[0]}/{HIT_DEVICE[1]}/readings/temp"
+            calls["dash"] = caller(app, readings, {}, DASHBOARD_QUERY)
             warm(calls)
             us = per_request_us(calls, args.requests, args.batches)
             for name, value in us.items():
-                print(f"{name:6s} {value:7.1f} us CPU/request   bare/this {us['bare'] / value:.2f}")
+                ratios = f"bare/this {us['bare'] / value:.2f}   l1/this {us['l1'] / value:.2f}"
+                print(f"{name:6s} {value:7.1f} us CPU/request   {ratios}")
             profiles = {}
             for name in args.profile:
                 profiler = cProfile.Profile()
@@ -256,11 +283,11 @@ def main() -> int:
         finally:
             app.extensions["shared_cache"].stop()
     if args.doc:
-        publish(report(us, profiles["l1"], args), write=True)
+        publish(report(us, profiles, args), write=True)
     return 0
 
 
-def report(us: dict[str, float], profiler: cProfile.Profile, args: argparse.Namespace) -> str:
+def report(us: dict[str, float], profiles: dict[str, cProfile.Profile], args: argparse.Namespace) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         SECTION,
@@ -269,20 +296,27 @@ def report(us: dict[str, float], profiler: cProfile.Profile, args: argparse.Name
         "work: ratios are the point, batches interleaved): each WSGI app called in process with a prepared "
         f"environ, no HTTP server and no gevent; {args.batches} batches of {args.requests} requests per variant, "
         "median CPU microseconds per request. What HTTP adds (gunicorn, gevent, sockets) is the same for every "
-        "variant, so the ratios over HTTP (`near_bench.py`) are closer to 1 than these.",
+        "variant, so the ratios over HTTP (`near_bench.py`) are closer to 1 than these. The dashboard query reads "
+        f"{READING_MINUTES // 60} hours of readings a minute apart of the lookup's device.",
         "",
-        "| variant | CPU us per request | requests/s over the bare app's (same CPU) |",
-        "| --- | ---: | ---: |",
+        "| variant | CPU us per request | req/s over the bare app's (same CPU) | over the warm anonymous lookup's |",
+        "| --- | ---: | ---: | ---: |",
     ]
     for name, label in LABELS.items():
-        lines.append(f"| {label} | {us[name]:.1f} | {us['bare'] / us[name]:.2f} |")
-    stats = pstats.Stats(profiler)
-    rows = sorted(stats.stats.items(), key=lambda item: -item[1][3])  # cumulative time
+        lines.append(f"| {label} | {us[name]:.1f} | {us['bare'] / us[name]:.2f} | {us['l1'] / us[name]:.2f} |")
+    titles = {"l1": "the warm anonymous lookup", "dash": "the cached dashboard query"}
+    for name, title in titles.items():
+        lines += ["", *profile_table(profiles[name], f"Where {title}'s time goes", args.requests)]
+    return "\n".join(lines) + "\n"
+
+
+def profile_table(profiler: cProfile.Profile, title: str, requests: int) -> list[str]:
+    """A profile's functions at 5 % or more of the cumulative time, as a table."""
+    rows = sorted(pstats.Stats(profiler).stats.items(), key=lambda item: -item[1][3])  # cumulative time
     total = max(row[1][3] for row in rows)
-    lines += [
-        "",
-        f"Where the warm anonymous lookup's time goes (cProfile, {args.requests} requests; cumulative share of the "
-        "request, functions at 5 % or more, the profiler's own overhead included):",
+    lines = [
+        f"{title} (cProfile, {requests} requests; cumulative share of the request, functions at 5 % or more, "
+        "the profiler's own overhead included):",
         "",
         "| function | calls per request | cumulative share |",
         "| --- | ---: | ---: |",
@@ -292,8 +326,8 @@ def report(us: dict[str, float], profiler: cProfile.Profile, args: argparse.Name
         if share < 0.05:
             break
         where = path.split("site-packages/")[-1].removeprefix(os.getcwd() + "/")
-        lines.append(f"| `{where}:{line}({func})` | {calls / args.requests:g} | {share:.0%} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| `{where}:{line}({func})` | {calls / requests:g} | {share:.0%} |")
+    return lines
 
 
 if __name__ == "__main__":
