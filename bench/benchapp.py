@@ -47,7 +47,7 @@ def _answer(device_id: str, device_name: str, lookup):
     device = lookup(device_id, device_name) if valid_pair(device_id, device_name) else {"found": False}
     require_found(device, key)
     check_read_access(device, user, key)
-    return jsonify(public_view(device, user))
+    return jsonify(public_view(device, user.user_id if user is not None else None))
 
 
 @bp.get("/ceiling")

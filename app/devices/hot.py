@@ -30,7 +30,7 @@ from flask import Flask
 from app.auth import TOKEN_PREFIX, same_hash, secret_id
 from app.cache.keys import device_key, user_key
 from app.cache.shared import USER, SharedCache
-from app.devices.service import device_body
+from app.devices.service import public_view
 from app.metrics import REQUEST_ID_HEADER, finished, request_id_from
 from app.validation import valid_pair
 
@@ -89,7 +89,7 @@ class HotRead:
         if user_id is not None:
             lookups.count_near_hit(USER, user_key(user_id))  # as the view's lookups, in its order
         lookups.count_near_hit(self.cache.device, key)
-        return self.json_body(device_body(device, user_id)).encode()
+        return self.json_body(public_view(device, user_id)).encode()
 
     def _bearer(self, header: str) -> str | None:
         """The user id of a genuine bearer token whose user the near cache holds; None otherwise."""

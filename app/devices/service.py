@@ -50,12 +50,8 @@ def check_read_access(device: dict[str, Any], user: User | None, api_key: str | 
     raise APIError(403, "forbidden", "you may not read this device")
 
 
-def public_view(device: dict[str, Any], user: User | None) -> dict[str, Any]:
-    return device_body(device, user.user_id if user is not None else None)
-
-
-def device_body(device: dict[str, Any], user_id: str | None) -> dict[str, Any]:
-    """The device as its reader sees it: the owner sees its id too."""
+def public_view(device: dict[str, Any], user_id: str | None) -> dict[str, Any]:
+    """The device as its reader (a user id, or None) sees it: the owner sees its id too."""
     body = {
         "device_id": device["device_id"],
         "device_name": device["device_name"],

@@ -20,4 +20,4 @@ def index():
 def show(device_id: str, device_name: str):
     user, key = current_user(), api_key_header()
     device = readable_device(device_id, device_name, user, key)
-    return jsonify(public_view(device, user))
+    return jsonify(public_view(device, user.user_id if user is not None else None))

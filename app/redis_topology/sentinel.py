@@ -167,6 +167,7 @@ class SentinelTopology(Topology):
         """The master this process follows, without asking a sentinel (every push's append comes
         here): the watcher repoints the pool on a switch, and a write that fails there asks the
         sentinels (``refresh``) before its retry. Asks them only while no master is known yet."""
+        self.watch()  # as primaries() did: a forked child inherits the address, not the watcher
         names = self.primary_names(client)
         if not names:
             return super().by_slot(client, keys)
