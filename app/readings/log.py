@@ -52,7 +52,8 @@ from pymongo.errors import PyMongoError
 from app.cache.keys import query_gen_key, query_log_keys
 from app.db import READINGS
 from app.extensions import mongo
-from app.readings.partials import EPOCH, MS, to_ms
+from app.readings.partials import to_ms
+from app.readings.stretches import index_filter
 from app.redis_topology import REDIS_ERRORS
 
 log = logging.getLogger("app.readings")
@@ -123,6 +124,11 @@ def encode(at_ms: int, oid: str, values: dict[str, Any]) -> str:
     return json.dumps([oid, at_ms, values], sort_keys=True, separators=(",", ":"))
 
 
+def values_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored reading's measurements (what a push sent), without its id, time and meta."""
+    return {k: v for k, v in doc.items() if k not in ("_id", "timestamp", "meta")}
+
+
 def decode(raw: bytes) -> Entry:
     oid, at_ms, values = json.loads(raw)
     return at_ms, oid, values
@@ -136,9 +142,8 @@ def append(member: Member, doc: dict[str, Any]) -> None:
     config = current_app.config
     if not config["QUERY_CACHE_ENABLED"]:
         return
-    values = {k: v for k, v in doc.items() if k not in ("_id", "timestamp", "meta")}
     at_ms = to_ms(doc["timestamp"])
-    entry = encode(at_ms, str(doc["_id"]), values)
+    entry = encode(at_ms, str(doc["_id"]), values_of(doc))
     shared = QueryStore.current()
     keys = [shared.key(query_gen_key(*member)), *(shared.key(k) for k in query_log_keys(*member))]
     args = (config["QUERY_CACHE_TTL"], MAX_ENTRIES, "" if len(entry) > MAX_ENTRY_BYTES else entry, at_ms, WINDOW_MS)
@@ -178,11 +183,7 @@ def fill(shared: Any, member: Member, generation: bytes, filler: str, ttl: int) 
     try:
         docs = list(
             mongo.db[READINGS].find(
-                {
-                    "meta.device_id": device_id,
-                    "meta.device_name": device_name,
-                    "timestamp": {"$gte": EPOCH + start_ms * MS},
-                },
+                index_filter(device_id, device_name, start_ms),
                 sort=[("timestamp", -1), ("_id", -1)],
                 limit=MAX_ENTRIES + 1,
             )
@@ -196,9 +197,8 @@ def fill(shared: Any, member: Member, generation: bytes, filler: str, ttl: int) 
         at_ms = to_ms(doc["timestamp"])
         if doc["meta"].get("owner_id") != owner_id:
             continue
-        values = {k: v for k, v in doc.items() if k not in ("_id", "timestamp", "meta")}
         try:
-            entry = encode(at_ms, str(doc["_id"]), values)
+            entry = encode(at_ms, str(doc["_id"]), values_of(doc))
         except (TypeError, ValueError):  # a value JSON cannot hold (an imported oddity)
             entry = ""
         if n == MAX_ENTRIES or len(entry) > MAX_ENTRY_BYTES or not entry:

@@ -46,14 +46,13 @@ def union(spans: list[Span]) -> list[Span]:
     return out
 
 
-def index_filter(device_id: str, device_name: str, low: int, high: int) -> dict[str, Any]:
-    """One member's readings in [low, high) ms, by the index's fields only (the shape SecantusDB
-    takes to the index ``(meta.device_id, meta.device_name, timestamp)``)."""
-    return {
-        "meta.device_id": device_id,
-        "meta.device_name": device_name,
-        "timestamp": {"$gte": EPOCH + low * MS, "$lt": EPOCH + high * MS},
-    }
+def index_filter(device_id: str, device_name: str, low: int, high: int | None = None) -> dict[str, Any]:
+    """One member's readings in [low, high) ms (no upper bound: None), by the index's fields only
+    (the shape SecantusDB takes to the index ``(meta.device_id, meta.device_name, timestamp)``)."""
+    timestamp = {"$gte": EPOCH + low * MS}
+    if high is not None:
+        timestamp["$lt"] = EPOCH + high * MS
+    return {"meta.device_id": device_id, "meta.device_name": device_name, "timestamp": timestamp}
 
 
 def pipeline(
