@@ -105,7 +105,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 ENVIRON_KEY = "opensensor.request"  # the request's log fields, for gunicorn's access line
 
 _recording = False
-_increments: dict[tuple[str, str], Callable[[], None]] = {}
+_increments: dict[tuple[str, str], Callable[[float], None]] = {}
 
 
 def register_metrics(app: Flask) -> None:
@@ -141,10 +141,10 @@ def _create_known_series() -> None:
 # -- what other modules call ----------------------------------------------------------------
 
 
-def cache_event(name: str, cache: str = CACHE) -> None:
-    """One counted event of a kind of lookup: ``hits``, ``misses``, ``l1_hits``, ``loads``, ``errors``."""
+def cache_event(name: str, cache: str = CACHE, amount: int = 1) -> None:
+    """Counted events of a kind of lookup: ``hits``, ``misses``, ``l1_hits``, ``loads``, ``errors``."""
     if _recording:
-        _increments[name, cache]()
+        _increments[name, cache](amount)
 
 
 def load_timer(cache: str = CACHE) -> AbstractContextManager[object]:

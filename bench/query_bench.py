@@ -6,7 +6,8 @@ two gunicorn masters (``-w 2 -k gevent``) of ``wsgi:app`` on the same redis-serv
 one with the query cache, one without.
 Measured with wrk: the dashboard's default query (last 24 h, 30-minute buckets, ``avg``), 7 days
 at 60-minute buckets, and the warm device lookup route of the same device; then the Redis memory
-one device, one measurement, one resolution takes per day of buckets, and one device's push log.
+one device, one measurement, one resolution takes per day of buckets, and one device's push log;
+last, what a push costs when a process may keep a dashboard's answer over its device (a fence).
 
     python -m bench.query_bench          # about 3 minutes; writes its section of docs/BENCHMARKS.md
 """
@@ -14,11 +15,12 @@ one device, one measurement, one resolution takes per day of buckets, and one de
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import redis
 
@@ -31,12 +33,14 @@ from devstack.web import start_gunicorn
 NAME = "Bench Room"
 CHAIN = ("bench-a", "bench-b")
 SOLO, SOLO_NAME = "bench-solo", "Bench Solo"  # a chain of one id (another name), the same readings
+QUIET, QUIET_NAME = "bench-quiet", "Bench Quiet"  # pushed to, never read: no answer is kept over it
 DAYS = 7
 SECTION = "## Readings query cache (issue 16)"
 
 
-def seed(env: dict) -> None:
-    """The chain and its week of readings, written by the service's own code (in process)."""
+def seed(env: dict) -> dict[str, str]:
+    """The chain and its week of readings, written by the service's own code (in process); the
+    API keys of the 1-id device and of a device nobody reads, by device id."""
     from app import create_app
     from app.db import READINGS
     from app.extensions import mongo
@@ -55,8 +59,10 @@ def seed(env: dict) -> None:
     )
     with app.app_context():
         user, _ = add_user("bench", admin=False)
-        for device_id, name in ((CHAIN[0], NAME), (CHAIN[1], NAME), (SOLO, SOLO_NAME)):
-            create_key(user, {"device_id": device_id, "device_name": name, "description": "", "private": False})
+        keys = {}
+        for device_id, name in ((CHAIN[0], NAME), (CHAIN[1], NAME), (SOLO, SOLO_NAME), (QUIET, QUIET_NAME)):
+            fields = {"device_id": device_id, "device_name": name, "description": "", "private": False}
+            keys[device_id] = create_key(user, fields)["api_key"]
         now = datetime.now(UTC).replace(microsecond=0)
         minutes = DAYS * 24 * 60
         docs = []
@@ -76,6 +82,30 @@ def seed(env: dict) -> None:
             mongo.db[READINGS].insert_many(docs[begin : begin + 1000], ordered=False)
         drop_members({(user.user_id, device_id, NAME) for device_id in CHAIN} | {(user.user_id, SOLO, SOLO_NAME)})
         app.extensions["shared_cache"].stop()
+    return {device_id: key for device_id, key in keys.items() if device_id in (SOLO, QUIET)}
+
+
+def push_latency(base: str, keys: dict[str, str], dash: str, rounds: int) -> dict[str, float]:
+    """Milliseconds a push takes (p50, p99), one at a time: to the 1-id device right after a read of
+    its dashboard (so a process may keep an answer over it: the push waits for the near caches'
+    fence), and to a device nobody reads (no fence)."""
+    times: dict[str, list[float]] = {SOLO: [], QUIET: []}
+    for _ in range(rounds):
+        urlopen(base + dash, timeout=10).read()  # sets the memo key
+        for device_id, name in ((SOLO, SOLO_NAME), (QUIET, QUIET_NAME)):
+            body = json.dumps({"device_id": device_id, "device_name": name, "readings": {"temp": 21.5}}).encode()
+            request = Request(
+                base + "/api/v1/readings", body, {"Content-Type": "application/json", "X-API-Key": keys[device_id]}
+            )
+            started = time.perf_counter()
+            urlopen(request, timeout=10).read()
+            times[device_id].append((time.perf_counter() - started) * 1000)
+    out = {}
+    for device_id, label in ((SOLO, "kept"), (QUIET, "quiet")):
+        ordered = sorted(times[device_id])
+        out[f"{label}_p50"] = statistics.median(ordered)
+        out[f"{label}_p99"] = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return out
 
 
 def measure(load: LoadGen, url: str, duration: float, rounds: int, connections: int) -> dict:
@@ -112,7 +142,12 @@ def log_memory(client: redis.Redis) -> tuple[int, int]:
 
 
 def report(
-    results: dict, memory: dict[int, float], pushed: tuple[int, int], load: LoadGen, args: argparse.Namespace
+    results: dict,
+    memory: dict[int, float],
+    pushed: tuple[int, int],
+    pushes: dict[str, float],
+    load: LoadGen,
+    args: argparse.Namespace,
 ) -> str:
     def ratio(a: str, b: str) -> float:
         return results[a]["rps"] / results[b]["rps"] if results[b]["rps"] else float("nan")
@@ -158,15 +193,19 @@ def report(
         f"| Redis memory, one device, one measurement, one resolution, one day | stated | {mem} |",
         f"| Redis memory, one device's push log (every measurement, the last 6 hours) | stated | {pushed[0]:,} B"
         f" for {pushed[1]:,} readings ({pushed[0] / max(pushed[1], 1):.0f} B each) |",
+        f"| a push, one at a time ({args.pushes} each): to a device whose dashboard a process may keep (it waits for"
+        f" the near caches' fence) vs to one nobody reads | stated | p50 {pushes['kept_p50']:.2f} vs"
+        f" {pushes['quiet_p50']:.2f} ms, p99 {pushes['kept_p99']:.2f} vs {pushes['quiet_p99']:.2f} ms |",
         "",
         "Few connections: every uncached readings request waits on SecantusDB (CPU-bound, one process), and more",
         "connections only queue past wrk's 2 s timeout for the uncached variants (0 req/s). A warm cached query",
         "makes no MongoDB query: one EVAL per chain member returns its chunks of ended buckets, the readings of",
         "the range's partial first bucket (cached whole, as partials) and, from the push log, the readings of the",
-        "buckets not yet final (`app/readings/cache.py`, `app/readings/log.py`). What it still costs, against the",
-        "lookup route's answer from the near cache before Flask (`app/devices/hot.py`): Flask's own request work,",
-        "that Redis round trip and the Python that decodes, merges and writes out the buckets (the closing note of",
-        "issue 16 has the profile).",
+        "buckets not yet final (`app/readings/cache.py`, `app/readings/log.py`). A query that ends now and found",
+        "all of it there is then kept whole in the near cache (`app/readings/memo.py`), and the lane before Flask",
+        "that answers the warm lookup (`app/devices/hot.py`) serves it with each request's start and end, until a",
+        "push to a member, a drop, the clock (a reading leaving or entering the range) or 10 s ends it: a warm",
+        "dashboard query then costs about what the warm lookup costs.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
     ]
@@ -180,12 +219,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=2, help="for the cached variants and the lookup")
     parser.add_argument("--uncached-connections", type=int, default=2)
     parser.add_argument("--quiet-wait", type=float, default=20)
+    parser.add_argument("--pushes", type=int, default=200, help="pushes timed per device")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     with signals_exit(), Servers("query-bench-") as servers:
         # SecantusDB aggregates a week of readings in seconds on a busy machine: no 503 for the uncached runs.
         env = {**bench_env(servers.redis, servers.mongo_port), "MONGO_TIMEOUT_MS": "10000"}
-        seed(env)
+        keys = seed(env)
         group, workdir = servers.group, servers.workdir
         _, cached = start_gunicorn(group, "cached", GUNICORN_SETTINGS, env, workdir / "cached.log", health="/health")
         off_env = {**env, "QUERY_CACHE_ENABLED": "false"}
@@ -214,7 +254,9 @@ def main() -> None:
             print(f"{name}: {results[name]['rps']:.1f} req/s ({time.monotonic() - started:.0f} s)", flush=True)
         client = redis.Redis.from_url(env["REDIS_URL"])
         memory, pushed = memory_per_day(client), log_memory(client)
-    publish(report(results, memory, pushed, load, args), write=not args.no_docs)
+        solo_dash = f"/api/v1/devices/{quote(SOLO)}/{quote(SOLO_NAME)}/readings/temp?resolution=30"
+        pushes = push_latency(cached, keys, solo_dash, args.pushes)
+    publish(report(results, memory, pushed, pushes, load, args), write=not args.no_docs)
 
 
 if __name__ == "__main__":

@@ -292,7 +292,7 @@ def store_chains(app, raw, names: list[str], length: int) -> None:
 def held_bytes(near) -> int:
     """What L1 holds: its raw values and keys, real and negative entries."""
     held = {**near._entries, **getattr(getattr(near, "_negatives", None), "entries", {})}
-    return sum(len(key) + len(raw) for key, (raw, _) in held.items())
+    return sum(len(key) + len(raw) for key, (raw, *_) in held.items())
 
 
 def test_l1_holds_no_more_bytes_than_l1_cache_max_bytes(settings, raw):

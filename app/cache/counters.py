@@ -62,14 +62,14 @@ class CounterBuffer:
         self._seq = 0
         self._unsent: tuple[int, Counter[str], Counter[str], float] | None = None
 
-    def count(self, name: str, key: str | None = None, also: str | None = None) -> None:
-        """One event (``also``: a second name it counts under, in the same lock), and a key's hotness."""
+    def count(self, name: str, key: str | None = None, also: str | None = None, amount: int = 1) -> None:
+        """Events (``also``: a second name they count under, in the same lock), and a key's hotness."""
         with self._lock:
-            self._counts[name] += 1
+            self._counts[name] += amount
             if also is not None:
-                self._counts[also] += 1
+                self._counts[also] += amount
             if key is not None and (key in self._hot or len(self._hot) < MAX_BUFFERED_PAIRS):
-                self._hot[key] += 1
+                self._hot[key] += amount
 
     def pending(self, fields: dict[str, str]) -> dict[str, int]:
         """What this process counted that Redis does not have yet (``{name: field}``)."""

@@ -11,6 +11,8 @@ Under ``CACHE_KEY_PREFIX`` (what ``/cache/clear`` and ``/cache/invalidate`` walk
                                                       one ended bucket's readings, as partials (a range's edge)
   ``query:{<owner>|<device_id>|<device_name>}:log``, ``…:logmeta``
                                                       its recent readings, kept by the pushes (``app/readings/log.py``)
+  ``query:memo:{<owner>|<device_id>|<device_name>}``  set while a process may hold whole answers over it
+                                                      (``app/readings/memo.py``): tracked by the near caches
 Bookkeeping, beside the prefix so ``/cache/clear`` keeps it (``meta:{<prefix>}…``):
   ``stats:device``, ``hot:device``, ``hot:decayed_at``, ``stats:history``, ``flushed:<token>``,
   ``collector:last_run``, ``warmer:last_run``, ``lock:warm``, ``lock:stats``; and the
@@ -26,8 +28,9 @@ from __future__ import annotations
 Pair = tuple[str, str]
 
 
-NEAR_KINDS = ("device:", "user:")  # the relative keys a near cache may hold
-QUERY_KEYS = "query:"  # the readings query cache's keys: no fill lock, no near cache
+QUERY_KEYS = "query:"  # the readings query cache's keys: no fill lock
+MEMO_KEYS = QUERY_KEYS + "memo:"  # a member's memo key: its change drops whole answers held in processes
+NEAR_KINDS = ("device:", "user:", MEMO_KEYS)  # what near caches hold or depend on: Redis tracks it for them
 
 
 def device_key(device_id: str, device_name: str) -> str:
@@ -58,6 +61,11 @@ def query_raw_key(
     owner_id: str, device_id: str, device_name: str, measurement: str, family: str, resolution: int, bucket: int
 ) -> str:
     return f"{query_member(owner_id, device_id, device_name)}:raw:{measurement}:{family}:{resolution}:{bucket}"
+
+
+def query_memo_key(owner_id: str, device_id: str, device_name: str) -> str:
+    """Its own prefix (the near caches track it, not the rest of ``query:``), the member's hash tag."""
+    return f"{MEMO_KEYS}{{{owner_id}|{device_id}|{device_name}}}"
 
 
 def query_log_keys(owner_id: str, device_id: str, device_name: str) -> tuple[str, str]:
@@ -125,7 +133,7 @@ class KeySpace:
 
     @property
     def near_prefixes(self) -> list[str]:
-        """What the near cache may hold, and Redis tracks for it: device lookups and users."""
+        """What Redis tracks for the near cache: device lookups, users and memo keys."""
         return [self.value(kind) for kind in NEAR_KINDS]
 
     @property

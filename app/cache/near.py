@@ -1,8 +1,8 @@
 """The near cache (L1): the shared entries a process has read lately, held in the process.
 
 A hit here costs no Redis round trip. It stays coherent through Redis's client-side caching in
-broadcast mode: one connection per primary runs ``CLIENT TRACKING ON REDIRECT <its own id> BCAST
-PREFIX <prefix>device: PREFIX <prefix>user:`` and is subscribed to ``__redis__:invalidate``:
+broadcast mode: one connection per primary runs ``CLIENT TRACKING ON REDIRECT <its own id> BCAST``
+for ``<prefix>device:``, ``user:`` and ``query:memo:`` and is subscribed to ``__redis__:invalidate``:
 whoever changes or drops such a key, Redis sends its name there and the entry leaves L1 (a null
 message, FLUSHDB, empties it). Guarantees, and how:
 - Never stale after a response: a hit first applies every message already received (a
@@ -25,11 +25,9 @@ entries, ``L1_CACHE_MAX_BYTES`` bytes (values and keys; least recently used out 
 ``L1_CACHE_TTL`` seconds; one over 1/16 of the bytes is served, not kept. Negative entries live
 in their own LRU of 1/16 of both bounds: a flood of random ids never pushes real entries out.
 
-Worker models: nothing (lock, event, thread, connection) is made before first use in the process
-that uses it: a lock made before a gevent worker monkey-patches (a fork hook, ``--preload``)
-would block the whole worker. No lock is held while waiting on a socket.
-
-Considered: redis-py's client-side cache (``cache_config``): per connection, no heartbeat.
+Whole answers over tracked keys: ``answers.py``. Nothing (lock, thread, connection) is made before
+first use in the process using it (made before gevent's patching, by ``--preload``, it would block
+the worker); no lock is held across a socket wait. redis-py's client-side cache: no heartbeat.
 """
 
 from __future__ import annotations
@@ -44,6 +42,7 @@ from typing import Any
 
 from gevent.monkey import get_original
 
+from app.cache.answers import Answers
 from app.cache.fence import acknowledge, fence_of
 from app.cache.keys import KeySpace
 from app.cache.lru import Lru
@@ -61,7 +60,7 @@ NEGATIVE_SHARE = 16  # the negatives' LRU: 1/16 of both bounds; and no entry abo
 NEGATIVE_MARK = b'"found":false'  # at the top level of the serializer's compact JSON, within its head
 
 
-class NearCache:
+class NearCache(Answers):
     def __init__(
         self,
         size: int,
@@ -91,6 +90,7 @@ class NearCache:
         self._negatives = Lru(max(1, self.size // NEGATIVE_SHARE), max(1, self.max_entry_bytes))
         self._entries = self._lru.entries  # the real entries (tests look here)
         self._reserved: dict[str, object] = {}
+        self._answers_after_fork(max(1, self.size // NEGATIVE_SHARE), max(1, self.max_entry_bytes))
         self._listeners: list[Listener] = []
         self._sockets: list[Any] = []  # the listeners' sockets, for the hot path's readiness check
         self._doomed: list[Listener] = []  # dropped; the listener thread closes them
@@ -162,8 +162,7 @@ class NearCache:
 
     def discard(self, keys: list[str] | set[str]) -> None:
         """Drop keys this process invalidates itself (without waiting for Redis to say so)."""
-        lock = self._lock
-        if lock is None:  # never started here: nothing held
+        if (lock := self._lock) is None:  # never started here: nothing held
             return
         with lock:
             for key in keys:
@@ -232,11 +231,13 @@ class NearCache:
         acknowledge(self.client, self.keys, acks)
 
     def _forget(self, key: str) -> None:
+        self._changed(key)
         self._lru.pop(key)
         self._negatives.pop(key)
         self._reserved.pop(key, None)
 
     def _empty(self) -> None:
+        self._void()
         self._lru.clear()
         self._negatives.clear()
         self._reserved.clear()
@@ -257,8 +258,7 @@ class NearCache:
 
     def suspend(self, why: str) -> None:
         """Stop serving now (the breaker opened): emptied until the listener is subscribed again."""
-        lock = self._lock
-        if lock is None:  # never started here: nothing to stop
+        if (lock := self._lock) is None:  # never started here: nothing to stop
             return
         with lock:
             self._incoherent(why)
@@ -282,8 +282,7 @@ class NearCache:
         """Stop serving now; the listener thread closes its connections as it ends, within its
         next wait (at most 0.25 s)."""
         self._stopped = True
-        lock = self._lock
-        if lock is None:
+        if (lock := self._lock) is None:
             return
         with lock:
             self._serving = False  # (quietly: nothing went wrong)

@@ -216,10 +216,11 @@ class SharedCache:
 
     # -- counters and errors ------------------------------------------------------------------
 
-    def count(self, kind: Kind, name: str, key: str | None = None) -> None:
-        """One event of a kind of lookup; hotness (``key``) is kept for devices only."""
-        metrics.cache_event(name, kind.name)
-        self.counters_buffer.count(kind.counter(name), key if kind.hot else None)
+    def count(self, kind: Kind, name: str, key: str | None = None, amount: int = 1) -> None:
+        """Events of a kind of lookup; hotness (``key``) is kept for devices only."""
+        if amount:
+            metrics.cache_event(name, kind.name, amount)
+            self.counters_buffer.count(kind.counter(name), key if kind.hot else None, amount=amount)
 
     def failed(self, exc: BaseException) -> None:
         self.count(self.device, "errors")

@@ -37,6 +37,9 @@ runs as today); it writes chunks of at most ``MAX_CHUNK_BYTES`` each and ``MAX_W
 
 Fail-open: the lookup cache's breaker, timeouts and error counting. Redis unreachable, or any
 Redis error, and the query runs on MongoDB exactly as it does without the cache.
+
+**Kept whole**: a query that ends now and found everything here may be kept whole in the near
+cache and served before Flask while it is current (``memo.py``: its ``Watch``).
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ from typing import Any
 from flask import current_app
 
 from app import metrics
-from app.cache.keys import query_gen_key
+from app.cache.keys import query_gen_key, query_memo_key
 from app.cache.shared import QUERY, SharedCache, shared_cache
 from app.readings.log import fill
+from app.readings.memo import MEMO_SECONDS, Watch, bounds, memo_keys
 from app.readings.partials import Partial
 from app.readings.plan import Member, Plan, Rows
 from app.redis_topology import REDIS_ERRORS
@@ -79,8 +83,7 @@ class QueryStore:
         return self.cache.readable()
 
     def count(self, event: str, amount: int = 1) -> None:
-        for _ in range(amount):
-            self.cache.count(QUERY, event)
+        self.cache.count(QUERY, event, amount=amount)
 
     def failed(self, exc: BaseException) -> None:
         self.cache.count(QUERY, "errors")
@@ -92,10 +95,12 @@ class QueryStore:
 
 def drop_members(members: set[Member]) -> None:
     """Drop every cached chunk of these (owner, device id, device name) before returning: their
-    generation keys go through the shared cache's outbox like any invalidation."""
+    generation keys go through the shared cache's outbox like any invalidation, with their memo
+    keys (the answers processes keep whole, ``memo.py``: the change waits for their fence)."""
     if not members:
         return
-    with shared_cache().change([query_gen_key(*member) for member in members]):
+    keys = [key for member in members for key in (query_gen_key(*member), query_memo_key(*member))]
+    with shared_cache().change(keys):
         pass
 
 
@@ -103,8 +108,11 @@ def margin_ms(config: dict[str, Any]) -> int:
     return max(MIN_MARGIN_MS, 10 * config["MONGO_TIMEOUT_MS"])
 
 
-def cached_rows(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> Rows | None:
-    """The query's buckets through the cache; None: not cacheable or Redis failed (run uncached)."""
+def cached_rows(device: dict[str, Any], measurement: str, q: dict[str, Any], watch: Watch | None = None) -> Rows | None:
+    """The query's buckets through the cache; None: not cacheable or Redis failed (run uncached).
+
+    ``watch``: a query ending now, whose answer the view may keep whole (``memo.py``): filled in
+    with what it depends on when everything came from Redis."""
     config = current_app.config
     if not config["QUERY_CACHE_ENABLED"]:
         return None
@@ -115,8 +123,11 @@ def cached_rows(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> 
     if not plan.cacheable:
         return None
     ttl = config["QUERY_CACHE_TTL"]
+    keys = memo_keys(shared.cache, plan.members) if watch is not None else ()
+    ticket = shared.cache.near.ticket(keys) if keys else None  # before the read: a push since voids it
+    began = time.monotonic()
     try:
-        found = plan.read(shared, ttl)
+        found = plan.read(shared, ttl, watch=ticket is not None)
     except REDIS_ERRORS as exc:
         shared.failed(exc)
         return None
@@ -128,6 +139,12 @@ def cached_rows(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> 
     misses = len(plan.members) * (len(plan.chunks) + len(plan.edges)) - hits
     shared.count("hits", hits)
     shared.count("misses", misses)
+    holds = bounds(plan, found) if ticket is not None and not misses else None
+    if watch is not None and holds is not None:
+        watch.keys, watch.ticket, watch.units = keys, ticket, hits
+        watch.start_until_ms, watch.end_until_ms = holds
+        watch.expires = began + MEMO_SECONDS
+        watch.complete = True
     answer: dict[int, Partial] = {}
     for f in found.values():
         for buckets in f.chunks.values():

@@ -22,6 +22,10 @@ seen alone counts (a replica just promoted), one that just lost its replicas doe
 losing side of a failover). On Sentinel and Cluster a failed append is tried once more after asking
 where the primary is now.
 
+**Kept answers**: the append also deletes the member's memo key; if it existed (a process may keep
+a dashboard's answer over the member, ``memo.py``), the push answers only after the near caches'
+fence, so no answer without its reading is served once it has answered.
+
 **A push that cannot append** (Redis unreachable, the breaker open, no durable append) drops its
 member's generation through the outbox, as a key change does (``drop_members``):
 the log and the chunks go, everywhere, before the push answers. While its replica cannot reach
@@ -49,7 +53,7 @@ from typing import Any
 from flask import current_app
 from pymongo.errors import PyMongoError
 
-from app.cache.keys import query_gen_key, query_log_keys
+from app.cache.keys import query_gen_key, query_log_keys, query_memo_key
 from app.db import READINGS
 from app.extensions import mongo
 from app.readings.partials import to_ms
@@ -67,8 +71,8 @@ Member = tuple[str, str, str]  # owner_id, device_id, device_name
 Entry = tuple[int, str, dict[str, Any]]  # ms, _id hex, the stored measurements
 
 # Both scripts end the same way: the log trimmed to MAX_ENTRIES readings (the marker kept) and to
-# ``from`` (raised past what was dropped), then the hash's ``from`` and both TTLs set.
-# KEYS: generation, log hash, log. ARGV: the TTL, MAX_ENTRIES, then each script's own.
+# ``from`` (raised past what was dropped), then the hash's ``from`` and both TTLs set; they return
+# ``result``. KEYS: generation, log hash, log. ARGV: the TTL, MAX_ENTRIES, then each script's own.
 KEEP = """
 local extra = redis.call('ZCARD', KEYS[3]) - 1 - tonumber(ARGV[2])
 if extra > 0 then
@@ -80,17 +84,19 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], 0, '(' .. from)
 redis.call('HSET', KEYS[2], 'from', from)
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[1])
-return 1
+return result
 """
 
-# ARGV 3..5: the entry (or '' when too large), its ms, WINDOW_MS. Appends when a log of the
-# current generation exists; 1 if so.
+# KEYS[4]: the member's memo key. ARGV 3..5: the entry (or '' when too large), its ms, WINDOW_MS.
+# Deletes the memo key (a process may keep answers over the member: 2 if it existed, ``memo.py``),
+# then appends when a log of the current generation exists (1 if so).
 APPEND = (
     """
+local result = 2 * redis.call('DEL', KEYS[4])
 local g = redis.call('GET', KEYS[1])
-if not g then return 0 end
+if not g then return result end
 local meta = redis.call('HMGET', KEYS[2], 'g', 'from')
-if meta[1] ~= g then return 0 end
+if meta[1] ~= g then return result end
 local from = tonumber(meta[2])
 local at = tonumber(ARGV[4])
 if ARGV[3] == '' then
@@ -99,6 +105,7 @@ else
   redis.call('ZADD', KEYS[3], at, ARGV[3])
 end
 from = math.max(from, at - tonumber(ARGV[5]))
+result = result + 1
 """
     + KEEP
 )
@@ -114,6 +121,7 @@ for i = 6, #ARGV, 2 do
   if tonumber(ARGV[i]) >= from then redis.call('ZADD', KEYS[3], ARGV[i], ARGV[i + 1]) end
 end
 redis.call('HSET', KEYS[2], 'done', '1')
+local result = 1
 """
     + KEEP
 )
@@ -136,7 +144,9 @@ def decode(raw: bytes) -> Entry:
 
 def append(member: Member, doc: dict[str, Any]) -> None:
     """After a push's insert: its reading into the member's log, durably, or the member's cached
-    readings dropped everywhere (``drop_members``) before the push answers."""
+    readings dropped everywhere (``drop_members``) before the push answers. If a process may keep
+    an answer over the member (its memo key existed, ``memo.py``), the push answers only once
+    every near cache has applied the key's deletion (its fence, ``fence.py``)."""
     from app.readings.cache import QueryStore, drop_members
 
     config = current_app.config
@@ -146,32 +156,39 @@ def append(member: Member, doc: dict[str, Any]) -> None:
     entry = encode(at_ms, str(doc["_id"]), values_of(doc))
     shared = QueryStore.current()
     keys = [shared.key(query_gen_key(*member)), *(shared.key(k) for k in query_log_keys(*member))]
+    keys.append(shared.key(query_memo_key(*member)))
     args = (config["QUERY_CACHE_TTL"], MAX_ENTRIES, "" if len(entry) > MAX_ENTRY_BYTES else entry, at_ms, WINDOW_MS)
     if shared.cache.breaker.allow():
         topology = shared.cache.topology
+        watched = False
         # Once more after asking where the primary is now, on Sentinel and Cluster (a failover).
         for attempt in range(2 if topology.may_move else 1):
             if attempt:
                 topology.refresh(shared.client)
-            if _append(shared, keys, args):
+            durable, seen = _append(shared, keys, args)
+            watched = watched or seen
+            if durable:
+                if watched:
+                    shared.cache.fence()
                 return
-    drop_members({member})
+    drop_members({member})  # a change: its fence too
 
 
-def _append(shared: Any, keys: list[str], args: tuple) -> bool:
-    """The append script on the member's primary; whether every replica connected to it has it.
+def _append(shared: Any, keys: list[str], args: tuple) -> tuple[bool, bool]:
+    """The append script on the member's primary: whether every replica connected to it has it,
+    and whether the member's memo key existed (a failed call may have deleted it: it did).
 
     A primary first seen without replicas counts (a replica just promoted); one that has just
     lost its replicas does not (it may be the losing side of a failover: ``replicas.py``)."""
     try:
         [(name, (node, _))] = shared.cache.topology.by_slot(shared.client, keys).items()
-        add = lambda pipe: pipe.eval(APPEND, 3, *keys, *args)  # noqa: E731
-        durable = shared.cache.replicas.write(name, node, add, first_alone_ok=True)[1]
+        add = lambda pipe: pipe.eval(APPEND, 4, *keys, *args)  # noqa: E731
+        replies, durable = shared.cache.replicas.write(name, node, add, first_alone_ok=True)
     except REDIS_ERRORS as exc:
         shared.failed(exc)
-        return False
+        return False, True
     shared.succeeded()
-    return durable
+    return durable, bool(int(replies[0]) & 2)
 
 
 def fill(shared: Any, member: Member, generation: bytes, filler: str, ttl: int) -> None:

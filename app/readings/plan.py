@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from app.cache.keys import query_chunk_key, query_gen_key, query_log_keys, query_raw_key
+from app.cache.keys import query_chunk_key, query_gen_key, query_log_keys, query_memo_key, query_raw_key
 from app.readings.log import FILL_TIMEOUT_MS, WINDOW_MS, decode
+from app.readings.memo import RENEW_BELOW_MS, WATCH_MS
 from app.readings.partials import Partial, Unfit, family, finish, merge, of_reading, to_ms
 from app.readings.stretches import MAX_PER_MEMBER, MAX_QUERIES, Stretch, aggregate, bucket_readings, union
 
@@ -28,11 +29,13 @@ MAX_CHUNK_BYTES = 64 * 1024  # a larger chunk (long lists of relays...) is not w
 MAX_WRITE_BYTES = 1024 * 1024  # what one query writes at most
 
 
-# Per member: KEYS[1] its generation, KEYS[2] and KEYS[3] its push log (``log.py``), the rest its
-# chunks. ARGV: a new token (the generation if it is missing; the log's filler if this read makes
-# it one), the TTL, now (ms), the log's window and fill timeout, the [from, to) the query wants
-# from the log ('' '': nothing). Returns the generation, the log's state and the wanted readings,
-# then the chunks (nil where absent).
+# Per member: KEYS[1] its generation, KEYS[2] and KEYS[3] its push log (``log.py``), KEYS[4] its
+# memo key (``memo.py``), the rest its chunks. ARGV: a new token (the generation if it is missing;
+# the log's filler if this read makes it one), the TTL, now (ms), the log's window and fill
+# timeout, the [from, to) the query wants from the log ('' '': nothing), then, for an answer to
+# keep ('' ''  otherwise), the memo key's life and the life below which it is renewed. Returns the
+# generation, the log's state and the wanted readings, the stamp of the log's first reading at
+# or after ``to`` (-1: none, or not asked), then the chunks (nil where absent).
 READ = """
 local g = redis.call('GET', KEYS[1])
 if not g then
@@ -64,10 +67,20 @@ if ARGV[6] ~= '' then
     state = 'filling'
   end
 end
-local out = {g, state, entries}
-if #KEYS > 3 then
-  local values = redis.call('MGET', unpack(KEYS, 4))
-  for i = 1, #KEYS - 3 do out[i + 3] = values[i] end
+local after = -1
+if ARGV[8] ~= '' then
+  if state == 'ok' then
+    local first = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[7], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if first[2] then after = tonumber(first[2]) end
+  end
+  if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[9]) then
+    redis.call('SET', KEYS[4], '1', 'PX', ARGV[8])
+  end
+end
+local out = {g, state, entries, after}
+if #KEYS > 4 then
+  local values = redis.call('MGET', unpack(KEYS, 5))
+  for i = 1, #KEYS - 4 do out[i + 4] = values[i] end
 end
 return out
 """
@@ -101,6 +114,7 @@ class Found:
     token: bytes
     filler: str
     log_state: str
+    after: int  # the log's first stamp at or after the range's end (-1: none, or not asked)
     chunks: dict[int, list] = field(default_factory=dict)
     edges: dict[int, list[tuple[int, Partial]]] = field(default_factory=dict)  # edge index -> (ms, partial)
 
@@ -165,25 +179,28 @@ class Plan:
 
     # -- Redis ---------------------------------------------------------------------------
 
-    def read(self, shared: QueryStore, ttl: int) -> dict[Member, Found]:
-        """One round trip: each member's generation, chunks, ended edge buckets and push log."""
+    def read(self, shared: QueryStore, ttl: int, watch: bool = False) -> dict[Member, Found]:
+        """One round trip: each member's generation, chunks, ended edge buckets and push log;
+        ``watch``: and its memo key set (``memo.py``), and the log's next stamp past the range."""
         now_ms = time.time_ns() // 1_000_000
         log_edge = next((e for e in self.edges if e.bucket is None), None)
         span = (log_edge.low, log_edge.high) if log_edge else ("", "")
+        memo = (WATCH_MS, RENEW_BELOW_MS) if watch else ("", "")
         raw_edges = [(i, e) for i, e in enumerate(self.edges) if e.bucket is not None]
         calls: list[Script] = []
         fillers: list[str] = []
         for member in self.members:
             keys = [shared.key(query_gen_key(*member)), *(shared.key(k) for k in query_log_keys(*member))]
+            keys.append(shared.key(query_memo_key(*member)))
             keys += [shared.key(self.chunk_key(member, c)) for c in self.chunks]
             keys += [shared.key(self.raw_key(member, e.bucket)) for _, e in raw_edges]  # type: ignore[arg-type]
             fillers.append(secrets.token_hex(8))
-            calls.append((READ, keys, (fillers[-1], ttl, now_ms, WINDOW_MS, FILL_TIMEOUT_MS, *span)))
+            calls.append((READ, keys, (fillers[-1], ttl, now_ms, WINDOW_MS, FILL_TIMEOUT_MS, *span, *memo)))
         found: dict[Member, Found] = {}
         for member, filler, reply in zip(self.members, fillers, run_scripts(shared, calls), strict=True):
             token = reply[0]
-            got = found[member] = Found(token, filler, reply[1].decode())
-            values = reply[3:]
+            got = found[member] = Found(token, filler, reply[1].decode(), reply[3])
+            values = reply[4:]
             for chunk, raw in zip(self.chunks, values, strict=False):
                 value = _usable(raw, token.decode(), chunk * CHUNK_BUCKETS, self.needed(chunk))
                 if value is not None:

@@ -10,6 +10,7 @@ from app.db import READINGS
 from app.extensions import mongo
 from app.readings.cache import Rows, cached_rows
 from app.readings.log import append
+from app.readings.memo import Watch
 from app.readings.schema import MEASUREMENTS, from_celsius
 from app.timeutil import isoformat, utcnow_ms
 
@@ -97,9 +98,12 @@ def aggregate_rows(device: dict[str, Any], measurement: str, q: dict[str, Any]) 
     return total, rows
 
 
-def query_readings(device: dict[str, Any], measurement: str, q: dict[str, Any]) -> dict[str, Any]:
-    """The same answer from the query cache (app/readings/cache.py) or, when it cannot serve, MongoDB."""
-    total, rows = cached_rows(device, measurement, q) or aggregate_rows(device, measurement, q)
+def query_readings(
+    device: dict[str, Any], measurement: str, q: dict[str, Any], watch: Watch | None = None
+) -> dict[str, Any]:
+    """The same answer from the query cache (app/readings/cache.py) or, when it cannot serve,
+    MongoDB. ``watch``: a query ending now, which the view may keep whole (``memo.py``)."""
+    total, rows = cached_rows(device, measurement, q, watch) or aggregate_rows(device, measurement, q)
     items = []
     for bucket_ms, raw, count in rows:
         if measurement == "vpd":

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from flask import Blueprint, jsonify, request
 
 from app.auth import api_key_header, auth_required, current_user, invalid, same_hash, stored_key
+from app.cache.shared import shared_cache
 from app.devices.lookup import lookup_device
 from app.devices.service import readable_device
 from app.errors import APIError, not_found
+from app.readings.memo import Watch, keep
 from app.readings.schema import PUSH_FIELDS, QUERYABLE, parse_query, parse_readings
 from app.readings.service import query_readings, store_reading
 from app.validation import check_pair, json_object, reject_unknown, valid_pair
@@ -41,5 +45,12 @@ def query(device_id: str, device_name: str, measurement: str):
         raise not_found(f"unknown measurement {measurement!r}")
     user, key = current_user(), api_key_header()
     device = readable_device(device_id, device_name, user, key)
-    params = parse_query(measurement, request.args)  # after access: no hints about private devices
-    return jsonify(query_readings(device, measurement, params))
+    now = datetime.now(UTC)
+    params = parse_query(measurement, request.args, now)  # after access: no hints about private devices
+    ends_now = "end" not in request.args and params["end"] == now
+    watch = Watch(moving="start" not in request.args) if ends_now else None
+    response = jsonify(query_readings(device, measurement, params, watch))
+    if watch is not None:  # kept whole for the warm read's lane, while current (``memo.py``)
+        query_string = request.environ.get("QUERY_STRING", "")
+        keep(shared_cache(), device, measurement, query_string, params, response.get_data(), watch)
+    return response
