@@ -221,8 +221,9 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=20)
     parser.add_argument("--pushes", type=int, default=200, help="pushes timed per device")
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (the temp dir is printed)")
     args = parser.parse_args()
-    with signals_exit(), Servers("query-bench-") as servers:
+    with signals_exit(), Servers("query-bench-", keep_logs=args.keep_logs) as servers:
         # SecantusDB aggregates a week of readings in seconds on a busy machine: no 503 for the uncached runs.
         env = {**bench_env(servers.redis, servers.mongo_port), "MONGO_TIMEOUT_MS": "10000"}
         keys = seed(env)

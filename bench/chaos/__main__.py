@@ -34,7 +34,8 @@ def report_text(result: Result, doc: Path = DOC) -> str:
         SECTION, "",
         "`python -m bench.chaos --seed N --minutes M --topology T` (bench/README.md): two gunicorn replicas on "
         "fresh connections (keys created and deleted, `users rotate-token`, pushes of unique values, lookups, "
-        "readings reads) while a nemesis injects one fault at a time; the history is checked for stale reads, "
+        "readings reads, half of them ending now: kept whole) while a nemesis injects one fault at a time; the "
+        "history is checked for stale reads, "
         "lost writes (MongoDB read directly after healing) and unexpected statuses (a 503 is expected only "
         f"during a fault or {RECOVERY_MARGIN:g} s after it).",
         "", HEADER, *(rows[t] for t in order), "",
