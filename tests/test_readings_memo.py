@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 from prometheus_client import REGISTRY
 
@@ -205,12 +206,18 @@ def test_a_push_through_one_replica_is_in_the_next_answer_of_the_other_over_a_sl
         proxy.close()
 
 
-@all_topologies  # the memo key shares its member's slot; a Cluster fences every primary
-def test_only_a_push_to_a_member_whose_answer_is_kept_waits_for_a_fence(pair, clock, monkeypatch):
-    (a, _), (b, rb) = pair
-    fences: list[int] = []
+@pytest.fixture
+def fences(monkeypatch) -> list[int]:
+    """One entry per fence any replica waits for."""
+    waited: list[int] = []
     real = SharedCache.fence
-    monkeypatch.setattr(SharedCache, "fence", lambda self: fences.append(1) or real(self))
+    monkeypatch.setattr(SharedCache, "fence", lambda self: waited.append(1) or real(self))
+    return waited
+
+
+@all_topologies  # the memo key shares its member's slot; a Cluster fences every primary
+def test_only_a_push_to_a_member_whose_answer_is_kept_waits_for_a_fence(pair, clock, fences):
+    (a, _), (b, rb) = pair
     owner = create_user(a, "owner")
     key = register(a.test_client(), owner, "dev-1", NAME)
     minutely(owner, a, hours=2, now=clock.now)
@@ -318,3 +325,28 @@ def test_kept_answers_equal_uncached_ones_as_the_clock_moves_and_pushes_arrive(p
             served += recorder.calls == before
             assert_same(json.loads(got), json.loads(want), path)
     assert served > 40, served  # most answers came from the lane
+
+
+@pytest.mark.parametrize("topology", ["sentinel"], indirect=True)  # a failed append is tried once more there
+def test_an_append_whose_reply_was_lost_still_waits_for_the_fence(pair, clock, fences, monkeypatch):
+    """The first try ran (it deleted the memo key) but its reply was lost: the retry finds no key,
+    and the push must still wait for the near caches, or B serves its answer without the reading."""
+    (a, _), (b, rb) = pair
+    owner = create_user(a, "owner")
+    key = register(a.test_client(), owner, "dev-1", NAME)
+    minutely(owner, a, hours=2, now=clock.now)
+    kept(b, rb, DASH)
+    replicas = a.extensions["shared_cache"].replicas
+    real_write, calls = replicas.write, []
+
+    def lost_reply(*args, **kwargs):
+        result = real_write(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.ConnectionError("the reply was lost")
+        return result
+
+    monkeypatch.setattr(replicas, "write", lost_reply)
+    fences.clear()
+    assert push(a.test_client(), key, "dev-1", NAME, {"temp": 2.0}).status_code == 201
+    assert len(calls) == 2 and fences == [1]

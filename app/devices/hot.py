@@ -101,7 +101,7 @@ class HotRead:
         if body is None:
             return None
         self._count(device_id, device_name, user_id)
-        self.cache.count(QUERY, "hits", amount=answer.units)  # as the query cache counts its chunks
+        self.cache.count(QUERY, "hits", amount=answer.watch.units)  # as the query cache counts its chunks
         return route, body
 
     def _reader(self, device_id: str, device_name: str, authorization: str | None) -> tuple[dict, str | None] | None:

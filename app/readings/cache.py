@@ -140,11 +140,10 @@ def cached_rows(device: dict[str, Any], measurement: str, q: dict[str, Any], wat
     shared.count("hits", hits)
     shared.count("misses", misses)
     holds = bounds(plan, found) if ticket is not None and not misses else None
-    if watch is not None and holds is not None:
+    if holds is not None:  # (so ``watch`` was given)
         watch.keys, watch.ticket, watch.units = keys, ticket, hits
         watch.start_until_ms, watch.end_until_ms = holds
         watch.expires = began + MEMO_SECONDS
-        watch.complete = True
     answer: dict[int, Partial] = {}
     for f in found.values():
         for buckets in f.chunks.values():

@@ -57,7 +57,8 @@ NEVER = 2**62  # ms: no reading is stamped that late
 @dataclass
 class Watch:
     """A query the view may keep: it ends now, from a fixed ``start`` or 24 h before. The query
-    cache fills in what the answer depends on (``cache.py``), only if everything came from Redis."""
+    cache fills in what the answer depends on (``cache.py``), only if everything came from Redis:
+    until then ``ticket`` is None, and nothing is kept."""
 
     moving: bool  # no start: 24 h before each request's now
     keys: tuple[str, ...] = ()  # the members' memo keys (full names)
@@ -66,7 +67,6 @@ class Watch:
     end_until_ms: int = 0  # ... and end <= this
     expires: float = 0.0  # monotonic
     units: int = 0  # the query cache's hits it stands for
-    complete: bool = False  # everything came from Redis: it may be kept
 
 
 @dataclass
@@ -77,9 +77,7 @@ class Answer:
     owner_id: str
     chain: list[str]
     public: bool
-    start_until_ms: int
-    end_until_ms: int
-    units: int
+    watch: Watch  # what it holds while, and stands for
 
     def __len__(self) -> int:
         return len(self.body_head) + len(self.body_tail) + 200
@@ -118,7 +116,7 @@ def keep(
     body: bytes, watch: Watch,
 ) -> None:  # fmt: skip
     """Keep the view's answer (``body``, jsonify's bytes) if the query cache vouched for it."""
-    if not watch.complete or watch.ticket is None:
+    if watch.ticket is None:
         return
     start, end = isoformat(q["start"]), isoformat(q["end"])
     marker = f'"start":"{start}","end":"{end}"'.encode()
@@ -127,8 +125,7 @@ def keep(
         return
     answer = Answer(
         body[:at], body[at + len(marker) :], None if watch.moving else q["start"],
-        device["owner_id"], list(device["chain"]), device["public"],
-        watch.start_until_ms, watch.end_until_ms, watch.units,
+        device["owner_id"], list(device["chain"]), device["public"], watch,
     )  # fmt: skip
     ttl = watch.expires - time.monotonic()
     if ttl > 0:
@@ -151,12 +148,12 @@ def served(cache: SharedCache, device: dict[str, Any], measurement: str, query_s
 
 def body(answer: Answer, now: datetime) -> bytes | None:
     """The answer's body for a request made at ``now``; None if its items may differ by then."""
-    if to_ms(now) > answer.end_until_ms:
+    if to_ms(now) > answer.watch.end_until_ms:
         return None
     start = answer.start
     if start is None:
         start = now - DEFAULT_SPAN
-        if to_ms(start) > answer.start_until_ms:
+        if to_ms(start) > answer.watch.start_until_ms:
             return None
     elif now - start > MAX_SPAN:  # the range has grown too long: a 400 now
         return None
