@@ -348,3 +348,36 @@ def test_an_outbox_record_whose_retried_insert_finds_it_there_is_recorded_once(a
         outbox.open(record)
         assert outbox.open(record) is record
         assert outbox.collection().count_documents({"_id": record.id}) == 1
+
+
+def test_a_poll_that_missed_a_hold_being_marked_ends_its_lease_before_the_change_answers(replicas):
+    """A maker that could not apply its record marks it held, then waits a lease: every other
+    process has polled since (and applied it) or stopped reading the cache. Marking is a MongoDB
+    write that takes time, and a poll that starts while it is in flight reads the outbox without
+    the mark: the wait must count from the write's end, not its start (a poll renewed meanwhile
+    could read the replaced state after the answer, Redis still holding it)."""
+    from app.cache.outbox import Record
+
+    a, b = replicas
+    maker, other = (app.extensions["shared_cache"] for app in (a, b))
+    other.background.stop()  # its lease moves only with the poll below
+    real = maker.outbox.collection
+
+    class SlowMark:
+        """The outbox collection, whose ``replace_one`` (the mark) is in flight while ``other`` polls."""
+
+        def __getattr__(self, name):
+            return getattr(real(), name)
+
+        def replace_one(self, *args, **kwargs):
+            time.sleep(0.3)  # a slow write: MongoDB busy, or a retry after a network error
+            with b.app_context():
+                assert other.outbox.poll()  # reads the outbox before the mark lands: renews its lease
+            return real().replace_one(*args, **kwargs)
+
+    with a.app_context():
+        record = maker.outbox.open(Record(keys=["device:dev-1|room"]))
+        maker.outbox.collection = SlowMark
+        maker.outbox.hold(record)
+        answered = time.monotonic()
+    assert other.outbox.lease_until <= answered, "the other process could read past the change after its answer"

@@ -115,15 +115,18 @@ class Outbox:
 
     def hold(self, record: Record) -> None:
         """The maker could not apply it: every other process must, before it reads the cache again.
-        Waits until every process has polled since, or stopped reading the cache (its lease ran out)."""
-        marked = time.monotonic()
+        Waits until every process has polled since, or stopped reading the cache (its lease ran out).
+
+        Counted from the mark's end: a poll that started while the write was in flight may have
+        read the outbox without it, and renewed its lease from its own start."""
         try:
             doc = {**record.document(), "held": True}
             self.collection().replace_one({"_id": record.id}, doc, upsert=True)
+            marked = time.monotonic()
         except PyMongoError as exc:
             # Not marked: the record, inserted before the change, is taken over once it is old enough.
             log.warning("could not mark an invalidation held (%s): waiting for its takeover", exc)
-            marked += self.takeover
+            marked = time.monotonic() + self.takeover
         time.sleep(max(0.0, marked + self.lease - time.monotonic()))
 
     def settle(self, scopes: Iterable[str]) -> None:
