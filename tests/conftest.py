@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
 import random
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import kombu
 import pytest
@@ -17,8 +20,8 @@ from pymongo import MongoClient
 from app import create_app
 from app.cache import shared
 from devstack.cluster import ClusterSet
-from devstack.mongo import MongoServer, mongo_base_uri
-from devstack.processes import stop_processes
+from devstack.mongo import MongoServer, mongo_base_uri, start_secantusd
+from devstack.processes import Group, stop_processes
 from devstack.redis_server import RedisServer
 from devstack.sentinel import SentinelSet
 from devstack.web import LiveReplica
@@ -119,14 +122,22 @@ def celery_broker(request) -> str:
 
 @pytest.fixture(scope="session")
 def mongo_uri() -> Iterator[str]:
+    """The session's MongoDB: a ``secantusd-py`` process, as production runs its database apart.
+    In this process it stalled with every pause of the tests' own (a full garbage collection
+    took up to 3 s), and the apps' 1 s timeouts then failed requests that a separate server
+    answers at once (a flaky ``ServerSelectionTimeoutError``)."""
     base = mongo_base_uri()
     if base:
         yield base
         return
-    server = MongoServer()
-    server.start()
-    yield server.uri
-    server.cleanup()
+    with tempfile.TemporaryDirectory(prefix="secantus-session-") as workdir:
+        group = Group()
+        try:
+            storage, log = Path(workdir) / "data", Path(workdir) / "secantusd.log"
+            _, port = start_secantusd(group, storage, log, extra=("--enable-test-commands",))  # fail points
+            yield f"mongodb://127.0.0.1:{port}"
+        finally:
+            group.stop_all()
 
 
 @pytest.fixture
@@ -293,3 +304,26 @@ def live_replica(settings: dict, tmp_path) -> Iterator[Callable[..., LiveReplica
     stop_processes([replica.proc for replica in started if replica.proc is not None])  # side by side
     for replica in started:
         replica.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Schemathesis's items (one per operation) all get their function's node id on pytest 9
+    (which builds it from ``originalname``), their operation only in their name. pytest-xdist runs
+    and reports items by node id: it ran one operation of 33, and passed with another failing.
+    Each gets its operation in its id, as a parametrized test's parameter."""
+    for item in items:
+        label = getattr(item, "operation_label", None)
+        if label is not None and not item.nodeid.endswith(f"[{label}]"):
+            item._id = item.parent.id.child(item.originalname).with_params(label)
+    seen: set[str] = set()
+    twice = sorted({item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)})
+    if twice:
+        raise pytest.UsageError(f"items share a node id (pytest-xdist would run one of each): {twice[:5]}")
+
+
+def pytest_collection_finish(session) -> None:
+    """The modules, classes and functions every test shares stay out of the garbage collector's
+    full passes: with them, a full pass took 0.1-3 s and ran twice a second in the Redis
+    outage tests (a fifth of their time, and a stall every replica in this process felt)."""
+    gc.collect()
+    gc.freeze()
