@@ -119,14 +119,16 @@ class Outbox:
 
         Counted from the mark's end: a poll that started while the write was in flight may have
         read the outbox without it, and renewed its lease from its own start."""
+        began = time.monotonic()
         try:
             doc = {**record.document(), "held": True}
             self.collection().replace_one({"_id": record.id}, doc, upsert=True)
             marked = time.monotonic()
         except PyMongoError as exc:
-            # Not marked: the record, inserted before the change, is taken over once it is old enough.
+            # Not marked: the record, inserted before the change, is taken over once it is older
+            # than ``takeover`` (counted from its insert, which came before ``began``).
             log.warning("could not mark an invalidation held (%s): waiting for its takeover", exc)
-            marked = time.monotonic() + self.takeover
+            marked = began + self.takeover
         time.sleep(max(0.0, marked + self.lease - time.monotonic()))
 
     def settle(self, scopes: Iterable[str]) -> None:
