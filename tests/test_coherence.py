@@ -298,6 +298,29 @@ def test_a_change_waits_for_the_near_caches_acknowledgements_or_their_deadline(s
         stop_app(elsewhere)
 
 
+def test_an_acknowledgement_whose_client_is_closed_under_it_ends_quietly(redis_server, monkeypatch):
+    """Stopping an app closes its Redis client while its near cache's thread may be acknowledging
+    a fence. redis-py's connection, disconnected while the pipeline waits for its answer, then
+    fails with an AttributeError (seen in a full run: the listener thread died of it). A lost
+    acknowledgement only makes a change wait PONG_DEADLINE; it must not end the thread."""
+    from redis.connection import Connection
+
+    from app.cache.fence import acknowledge
+    from app.cache.keys import KeySpace
+
+    client = redis.Redis(port=redis_server.port)
+    read = Connection.read_response
+
+    def closed_meanwhile(self, *args, **kwargs):
+        client.connection_pool.disconnect()  # SharedCache.stop, from the thread stopping the app
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "read_response", closed_meanwhile)
+    acknowledge(client, KeySpace("t-ack:"), ["token"])
+    monkeypatch.undo()
+    client.close()
+
+
 def test_a_fence_vouches_only_for_the_connection_to_the_node_that_published_it():
     """Cluster forwards a PUBLISH to every node: a near cache gets each fence on each of its
     connections, and only the copy from the publishing node's connection may be acknowledged

@@ -68,8 +68,11 @@ def fence_of(message: bytes, connection: str, connections: int) -> str | None:
 
 def acknowledge(client: Any, keys: KeySpace, tokens: list[str]) -> None:
     """Acknowledge fences applied here. A lost acknowledgement only makes its change wait out
-    PONG_DEADLINE, so nothing here may fail the caller (a request, or the listener thread)."""
-    with contextlib.suppress(*REDIS_ERRORS, OSError, ValueError):  # ValueError: a closed client
+    PONG_DEADLINE, so nothing here may fail the caller (a request, or the listener thread).
+    ValueError: a closed client; AttributeError: redis-py's connection disconnected by another
+    thread while this pipeline read from it (the app stopping: ``SharedCache.stop`` closes the
+    client while its near cache's thread may still be acknowledging)."""
+    with contextlib.suppress(*REDIS_ERRORS, OSError, ValueError, AttributeError):
         pipe = client.pipeline(transaction=False)  # one round trip for all of them
         for token in tokens:
             key = keys.fence(token)
