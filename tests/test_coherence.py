@@ -404,3 +404,32 @@ def test_a_poll_that_missed_a_hold_being_marked_ends_its_lease_before_the_change
         maker.outbox.hold(record)
         answered = time.monotonic()
     assert other.outbox.lease_until <= answered, "the other process could read past the change after its answer"
+
+
+def test_a_poll_ends_at_the_first_drop_redis_refuses(app, redis_alive, monkeypatch):
+    """A poll applies, one after another, the records other processes left. While Redis refuses
+    writes each drop costs a timeout, and a poll may run in a request (the first after the lease
+    lapsed): 30 held records kept one request 3 s, and in a Sentinel chaos run a bearer read got
+    no answer in 10 s. The first refused drop ends the poll without renewing the lease; a poll
+    once Redis is back applies them all."""
+    from app.cache.outbox import Record
+
+    cache = app.extensions["shared_cache"]
+    with app.app_context():
+        assert cache.readable()
+        cache.background.stop()  # the polls below are the only ones
+        for n in range(30):
+            cache.outbox.collection().insert_one({**Record(keys=[f"device:d{n}|room"]).document(), "held": True})
+        tried: list[set[str]] = []
+        real = cache.invalidator._apply
+        monkeypatch.setattr(cache.invalidator, "_apply", lambda keys: tried.append(keys) or real(keys))
+        (primary,) = redis_alive.primaries()
+        primary.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+        try:
+            assert not cache.outbox.poll()
+        finally:
+            primary.execute_command("CLIENT", "UNPAUSE")
+        assert len(tried) == 1, f"{len(tried)} drops tried against a Redis refusing writes"
+        assert cache.background.probe()  # the refused drop lands
+        assert cache.outbox.poll() and cache.readable()  # the other 29 with the next poll
+        assert len(tried) == 1 + 1 + 30

@@ -190,8 +190,12 @@ class Outbox:
             record = Record.from_document(doc)
             if self.cache.apply(record):
                 self.applied(record)
-            elif not self.cache.invalidator.pending:
-                complete = False  # not a Redis failure (those keys stay pending): MongoDB's
+                continue
+            complete = False
+            if self.cache.invalidator.pending:
+                # Redis refused the drop (its keys stay pending, retried by the probe): the rest wait
+                # for a later poll. Each would cost this poll, maybe a request's, another timeout.
+                break
         if started >= self._next_removal:
             # Once per third of ``takeover`` (so before anyone would take them over): one delete_many
             # for every record applied since, which keeps a change's cost near one write more.
