@@ -92,7 +92,7 @@ class HotRead:
         if reader is None:
             return None
         device, user_id = reader
-        if route is ROUTE:
+        if route == ROUTE:
             body = self.json_body(public_view(device, user_id)).encode()
             self._count(device_id, device_name, user_id)
             return route, body
